@@ -1,0 +1,32 @@
+"""Exact Gaussian-mixture diffusion, probability-flow ODE likelihood, and checks of the bounds.
+
+Importing :mod:`numerics` turns on float64 in JAX (``jax_enable_x64``): the identities checked
+here hold to 1e-6 nats or better and need double precision. Code that wants float32/bf16 (the
+training side) passes explicit dtypes.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+from numerics.sde import (  # noqa: E402
+    SDE,
+    VPSDE,
+    SubVPSDE,
+    VESDE,
+    LogSNRSDE,
+    LinearGamma,
+    CosineGamma,
+    check_time,
+)
+
+__all__ = [
+    "SDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "LogSNRSDE",
+    "LinearGamma",
+    "CosineGamma",
+    "check_time",
+]

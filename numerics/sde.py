@@ -1,0 +1,437 @@
+"""Linear SDEs  dx = f(t) x dt + g(t) dw  and their exact Gaussian transition kernels.
+
+One abstract class, :class:`SDE`; each concrete SDE fills in only its schedule
+(THEORY.md §1). Every quantity is elementwise in ``t`` (a scalar or an array) and is
+written in a numerically careful form at small ``t`` (``expm1``/``log1p``/softplus).
+
+The kernel from time 0 is q_{0t}(x_t | x_0) = N(α_t x_0, σ_t² I) with
+
+    α_t = exp(∫_0^t f),   σ_t² = α_t² ∫_0^t g²/α_u² du,
+
+i.e. the solution of dα/dt = f α, dσ²/dt = 2 f σ² + g² with α_0 = 1, σ_0 = 0
+(Song et al. 2021, Eq. 5; THEORY.md §1.1). The identity g²/σ² = −d log SNR/dt (THEORY.md
+Eq. 1.1) links all four papers and gives the importance-sampling density of t.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Callable, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+__all__ = [
+    "SDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "LogSNRSDE",
+    "LinearGamma",
+    "CosineGamma",
+    "check_time",
+]
+
+Time = Float[ArrayLike, "*t"]
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_time(sde: "SDE", t, *, name: str = "t", lower: float | None = None):
+    """Raise ``ValueError`` when ``t`` lies outside ``[lower, sde.T]`` (``lower`` defaults to 0).
+
+    Concrete values are checked eagerly in Python; traced values are checked at run time
+    with :func:`equinox.error_if`, so a bad ``t`` inside ``jit`` raises too.
+    """
+    lo = 0.0 if lower is None else float(lower)
+    hi = float(sde.T)
+    msg = (
+        f"{name} must lie in [{lo:g}, {hi:g}] for {type(sde).__name__}; got values outside. "
+        f"Clip or rescale {name} to the SDE's time range."
+    )
+    if _is_concrete(t):
+        arr = jnp.asarray(t)
+        if not bool(jnp.all(jnp.isfinite(arr))):
+            raise ValueError(f"{name} contains NaN or inf; pass finite times in [{lo:g}, {hi:g}].")
+        if bool(jnp.any(arr < lo)) or bool(jnp.any(arr > hi)):
+            raise ValueError(msg + f" (min {float(jnp.min(arr)):g}, max {float(jnp.max(arr)):g})")
+        return t
+    bad = (t < lo) | (t > hi) | ~jnp.isfinite(t)
+    return eqx.error_if(t, bad, msg)
+
+
+def _check_positive(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite positive number; got {value!r}.")
+    return value
+
+
+class SDE(eqx.Module):
+    """A linear SDE dx = f(t) x dt + g(t) dw on [0, T] with a Gaussian prior N(0, prior_std² I).
+
+    Subclasses implement :meth:`drift_coeff`, :meth:`diffusion_sq`, :meth:`log_mean_coeff`,
+    :meth:`variance` and :meth:`prior_std`; everything else is derived. ``t_min`` is the
+    smallest time used by likelihoods and training (the ε of Song et al. 2021, §4.3).
+    """
+
+    t_min: eqx.AbstractVar[float]
+    T: eqx.AbstractVar[float]
+
+    # --- schedule: what a concrete SDE fills in -------------------------------------
+    @abc.abstractmethod
+    def drift_coeff(self, t: Time) -> Float[Array, "*t"]:
+        """f(t) of the drift f(t) x."""
+
+    @abc.abstractmethod
+    def diffusion_sq(self, t: Time) -> Float[Array, "*t"]:
+        """g(t)², the squared diffusion coefficient (Song et al.'s likelihood weighting)."""
+
+    @abc.abstractmethod
+    def log_mean_coeff(self, t: Time) -> Float[Array, "*t"]:
+        """log α_t = ∫_0^t f(u) du."""
+
+    @abc.abstractmethod
+    def variance(self, t: Time) -> Float[Array, "*t"]:
+        """σ_t², the variance of the transition kernel from time 0."""
+
+    @property
+    @abc.abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the isotropic Gaussian prior π at time T."""
+
+    # --- derived quantities ----------------------------------------------------------
+    def diffusion(self, t: Time) -> Float[Array, "*t"]:
+        """g(t)."""
+        return jnp.sqrt(self.diffusion_sq(t))
+
+    def mean_coeff(self, t: Time) -> Float[Array, "*t"]:
+        """α_t = exp(∫_0^t f)."""
+        return jnp.exp(self.log_mean_coeff(t))
+
+    def std(self, t: Time) -> Float[Array, "*t"]:
+        """σ_t."""
+        return jnp.sqrt(self.variance(t))
+
+    def log_snr(self, t: Time) -> Float[Array, "*t"]:
+        """log SNR(t) = log α_t² − log σ_t² (VDM's −γ(t))."""
+        return 2.0 * self.log_mean_coeff(t) - jnp.log(self.variance(t))
+
+    def log_snr_derivative(self, t: Time) -> Float[Array, "*t"]:
+        """d log SNR / dt = −g²/σ² (THEORY.md Eq. 1.1)."""
+        return -self.diffusion_sq(t) / self.variance(t)
+
+    def marginal_params(self, t: Time) -> tuple[Float[Array, "*t"], Float[Array, "*t"]]:
+        """(α_t, σ_t)."""
+        return self.mean_coeff(t), self.std(t)
+
+    def inverse_log_snr(self, log_snr: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
+        """t such that log SNR(t) = ``log_snr`` (closed form where one exists, else bisection)."""
+        log_snr = jnp.asarray(log_snr)
+        lo = jnp.zeros(log_snr.shape, jnp.result_type(log_snr.dtype, float))
+        hi = jnp.full_like(lo, self.T)
+
+        def body(_, bounds):
+            a, b = bounds
+            mid = 0.5 * (a + b)
+            too_noisy = self.log_snr(mid) < log_snr  # log SNR decreases in t
+            return jnp.where(too_noisy, a, mid), jnp.where(too_noisy, mid, b)
+
+        a, b = jax.lax.fori_loop(0, 200, body, (lo, hi))
+        return 0.5 * (a + b)
+
+    # --- importance sampling of t (Song et al. 2021, §5; THEORY.md §2.6) ------------
+    def importance_normaliser(self, t_min: float | None = None) -> Float[Array, ""]:
+        """Z = log SNR(t_min) − log SNR(T) = ∫_{t_min}^T g²/σ² dt."""
+        t0 = self.t_min if t_min is None else t_min
+        return self.log_snr(jnp.asarray(t0)) - self.log_snr(jnp.asarray(self.T))
+
+    def importance_cdf(self, t: Time, t_min: float | None = None) -> Float[Array, "*t"]:
+        """CDF of p(t) ∝ g(t)²/σ_t² on [t_min, T]: (log SNR(t_min) − log SNR(t)) / Z."""
+        t0 = self.t_min if t_min is None else t_min
+        lam0 = self.log_snr(jnp.asarray(t0))
+        return (lam0 - self.log_snr(t)) / self.importance_normaliser(t0)
+
+    def importance_inverse_cdf(self, u: Float[ArrayLike, "*t"], t_min: float | None = None):
+        """Exact inverse of :meth:`importance_cdf`: log SNR is uniform under p(t)."""
+        t0 = self.t_min if t_min is None else t_min
+        lam0 = self.log_snr(jnp.asarray(t0))
+        return self.inverse_log_snr(lam0 - jnp.asarray(u) * self.importance_normaliser(t0))
+
+    def importance_sample_t(self, key: PRNGKeyArray, shape=(), t_min: float | None = None, dtype=None):
+        """Draw t ~ p(t) ∝ g²/σ² on [t_min, T] by the exact inverse CDF."""
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        u = jax.random.uniform(key, shape, dtype=dtype)
+        return self.importance_inverse_cdf(u, t_min).astype(dtype)
+
+    # --- prior ------------------------------------------------------------------------
+    def prior_log_prob(self, x: Float[Array, "*event"]) -> Float[Array, ""]:
+        """log π(x) for ONE sample (summed over all its axes); vmap for a batch."""
+        s = self.prior_std
+        d = x.size
+        return -0.5 * jnp.sum(jnp.square(x)) / s**2 - 0.5 * d * jnp.log(2 * jnp.pi * s**2)
+
+    def prior_sample(self, key: PRNGKeyArray, shape, dtype=None) -> Array:
+        """Draw from π = N(0, prior_std² I) with the given full shape."""
+        dtype = jnp.result_type(float) if dtype is None else dtype
+        return self.prior_std * jax.random.normal(key, shape, dtype=dtype)
+
+
+def _time(t) -> Array:
+    t = jnp.asarray(t)
+    return t if jnp.issubdtype(t.dtype, jnp.floating) else t.astype(jnp.result_type(float))
+
+
+def _t_from_B(B, beta_min, beta_max):
+    """Invert B(t) = β_min t + ½(β_max − β_min) t² stably (no cancellation at small B)."""
+    return 2.0 * B / (beta_min + jnp.sqrt(beta_min**2 + 2.0 * (beta_max - beta_min) * B))
+
+
+class VPSDE(SDE):
+    """Variance-preserving SDE: f = −β(t)/2, g = √β(t), β(t) = β_min + t (β_max − β_min).
+
+    Song et al. 2021 (score_sde's VP SDE; THEORY.md §1.2): α_t = e^{−B/2}, σ_t² = −expm1(−B),
+    B(t) = ∫_0^t β. Prior N(0, I).
+    """
+
+    beta_min: float = eqx.field(static=True)
+    beta_max: float = eqx.field(static=True)
+    t_min: float = eqx.field(static=True)
+    T: float = eqx.field(static=True)
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-5, T: float = 1.0):
+        self.beta_min = _check_positive("beta_min", beta_min)
+        self.beta_max = _check_positive("beta_max", beta_max)
+        if self.beta_max < self.beta_min:
+            raise ValueError(f"beta_max ({beta_max}) must be >= beta_min ({beta_min}).")
+        self.t_min, self.T = _check_range(t_min, T)
+
+    def beta(self, t):
+        return self.beta_min + _time(t) * (self.beta_max - self.beta_min)
+
+    def integrated_beta(self, t):
+        """B(t) = ∫_0^t β(u) du."""
+        t = _time(t)
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def drift_coeff(self, t):
+        return -0.5 * self.beta(t)
+
+    def diffusion_sq(self, t):
+        return self.beta(t)
+
+    def log_mean_coeff(self, t):
+        return -0.5 * self.integrated_beta(t)
+
+    def variance(self, t):
+        return -jnp.expm1(-self.integrated_beta(t))
+
+    def log_snr(self, t):
+        return -jnp.log(jnp.expm1(self.integrated_beta(t)))
+
+    def inverse_log_snr(self, log_snr):
+        B = jax.nn.softplus(-jnp.asarray(log_snr))  # expm1(B) = e^{−λ}
+        return _t_from_B(B, self.beta_min, self.beta_max)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+
+class SubVPSDE(VPSDE):
+    """sub-VP SDE (Song et al. 2021): f = −β/2, g² = β (1 − e^{−2B}); α_t = e^{−B/2}, σ_t = 1 − e^{−B}.
+
+    Default t_min = 1e-2 as in score_flow's sub-VP configs (THEORY.md §1.2).
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-2, T: float = 1.0):
+        super().__init__(beta_min, beta_max, t_min=t_min, T=T)
+
+    def diffusion_sq(self, t):
+        return self.beta(t) * (-jnp.expm1(-2.0 * self.integrated_beta(t)))
+
+    def variance(self, t):
+        return jnp.square(jnp.expm1(-self.integrated_beta(t)))
+
+    def log_snr(self, t):
+        B = self.integrated_beta(t)
+        return -B - 2.0 * jnp.log(-jnp.expm1(-B))
+
+    def inverse_log_snr(self, log_snr):
+        k = jnp.exp(-jnp.asarray(log_snr))  # 2 log expm1(B) − B = −λ ⇒ k = e^{−λ}
+        B = jnp.log1p(0.5 * k + jnp.sqrt(k * (1.0 + 0.25 * k)))
+        return _t_from_B(B, self.beta_min, self.beta_max)
+
+
+class VESDE(SDE):
+    """Variance-exploding SDE: f = 0, g = σ(t) √(2 log r), σ(t) = σ_min r^t, r = σ_max/σ_min.
+
+    ``kernel="exact"`` (default): the exact kernel from t = 0, σ_t² = σ_min² expm1(2 t log r).
+    ``kernel="score_sde"``: the public code's convention σ_t = σ_min r^t, which treats the data
+    as already convolved with N(0, σ_min² I) (THEORY.md §1.2, "VE kernel caveat"); use it to
+    reproduce the papers' numbers. Prior N(0, σ_max² I).
+    """
+
+    sigma_min: float = eqx.field(static=True)
+    sigma_max: float = eqx.field(static=True)
+    kernel: Literal["exact", "score_sde"] = eqx.field(static=True)
+    t_min: float = eqx.field(static=True)
+    T: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        *,
+        kernel: Literal["exact", "score_sde"] = "exact",
+        t_min: float = 1e-5,
+        T: float = 1.0,
+    ):
+        self.sigma_min = _check_positive("sigma_min", sigma_min)
+        self.sigma_max = _check_positive("sigma_max", sigma_max)
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max ({sigma_max}) must be > sigma_min ({sigma_min}).")
+        if kernel not in ("exact", "score_sde"):
+            raise ValueError(f"kernel must be 'exact' or 'score_sde'; got {kernel!r}.")
+        self.kernel = kernel
+        self.t_min, self.T = _check_range(t_min, T)
+
+    @property
+    def log_ratio(self) -> float:
+        return math.log(self.sigma_max / self.sigma_min)
+
+    def sigma(self, t):
+        """σ(t) = σ_min r^t (the noise level of the code convention)."""
+        return self.sigma_min * jnp.exp(_time(t) * self.log_ratio)
+
+    def drift_coeff(self, t):
+        return jnp.zeros_like(_time(t))
+
+    def diffusion_sq(self, t):
+        return jnp.square(self.sigma(t)) * (2.0 * self.log_ratio)
+
+    def log_mean_coeff(self, t):
+        return jnp.zeros_like(_time(t))
+
+    def variance(self, t):
+        t = _time(t)
+        if self.kernel == "exact":
+            return self.sigma_min**2 * jnp.expm1(2.0 * t * self.log_ratio)
+        return jnp.square(self.sigma(t))
+
+    def log_snr(self, t):
+        t = _time(t)
+        if self.kernel == "exact":
+            return -(2.0 * math.log(self.sigma_min) + jnp.log(jnp.expm1(2.0 * t * self.log_ratio)))
+        return -2.0 * (math.log(self.sigma_min) + t * self.log_ratio)
+
+    def inverse_log_snr(self, log_snr):
+        lam = jnp.asarray(log_snr)
+        if self.kernel == "exact":
+            return jnp.log1p(jnp.exp(-lam) / self.sigma_min**2) / (2.0 * self.log_ratio)
+        return (-0.5 * lam - math.log(self.sigma_min)) / self.log_ratio
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+
+# --- VDM: variance-preserving SDE from a monotone γ(t) = −log SNR(t) --------------------
+
+
+class LinearGamma(eqx.Module):
+    """γ(t) = γ_min + (γ_max − γ_min) t (VDM's fixed linear schedule; Kingma et al. 2021 §3.4)."""
+
+    gamma_min: float = -13.3
+    gamma_max: float = 5.0
+
+    def __call__(self, t):
+        return self.gamma_min + (self.gamma_max - self.gamma_min) * _time(t)
+
+    def inverse(self, gamma):
+        return (jnp.asarray(gamma) - self.gamma_min) / (self.gamma_max - self.gamma_min)
+
+
+class CosineGamma(eqx.Module):
+    """γ(t) = γ_min + (γ_max − γ_min)(1 − cos πt)/2: a non-linear schedule with the same endpoints
+    as :class:`LinearGamma`, for checks of VDM's schedule invariance (Kingma et al. 2021 §5.1)."""
+
+    gamma_min: float = -13.3
+    gamma_max: float = 5.0
+
+    def __call__(self, t):
+        return self.gamma_min + (self.gamma_max - self.gamma_min) * 0.5 * (1.0 - jnp.cos(jnp.pi * _time(t)))
+
+    def inverse(self, gamma):
+        h = (jnp.asarray(gamma) - self.gamma_min) / (self.gamma_max - self.gamma_min)
+        return jnp.arccos(jnp.clip(1.0 - 2.0 * h, -1.0, 1.0)) / jnp.pi
+
+
+class LogSNRSDE(SDE):
+    """Variance-preserving SDE defined by a monotone increasing γ(t) = −log SNR(t) (VDM).
+
+    Kingma et al. 2021, Eq. 3–4: σ_t² = sigmoid(γ), α_t² = sigmoid(−γ). The matching linear SDE
+    has f = −½ σ_t² γ'(t) and g² = σ_t² γ'(t) (THEORY.md §4.7), so VDM's schedules — fixed or
+    learned (any PyTree callable ``gamma``, e.g. an equinox network with monotone layers) —
+    plug into the same likelihood and loss code. γ' is taken by forward-mode autodiff.
+    If ``gamma`` has an ``inverse`` method it is used by :meth:`inverse_log_snr`; otherwise
+    bisection.
+    """
+
+    gamma: Callable
+    t_min: float = eqx.field(static=True)
+    T: float = eqx.field(static=True)
+
+    def __init__(self, gamma: Callable | None = None, *, t_min: float = 0.0, T: float = 1.0):
+        self.gamma = LinearGamma() if gamma is None else gamma
+        self.t_min, self.T = _check_range(t_min, T, allow_zero=True)
+
+    def gamma_and_derivative(self, t):
+        t = _time(t)
+        return jax.jvp(self.gamma, (t,), (jnp.ones_like(t),))
+
+    def drift_coeff(self, t):
+        g, dg = self.gamma_and_derivative(t)
+        return -0.5 * jax.nn.sigmoid(g) * dg
+
+    def diffusion_sq(self, t):
+        g, dg = self.gamma_and_derivative(t)
+        return jax.nn.sigmoid(g) * dg
+
+    def log_mean_coeff(self, t):
+        return -0.5 * jax.nn.softplus(self.gamma(_time(t)))
+
+    def variance(self, t):
+        return jax.nn.sigmoid(self.gamma(_time(t)))
+
+    def log_snr(self, t):
+        return -self.gamma(_time(t))
+
+    def log_snr_derivative(self, t):
+        return -self.gamma_and_derivative(t)[1]
+
+    def inverse_log_snr(self, log_snr):
+        inverse = getattr(self.gamma, "inverse", None)
+        if inverse is not None:
+            return inverse(-jnp.asarray(log_snr))
+        return super().inverse_log_snr(log_snr)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+
+def _check_range(t_min, T, allow_zero: bool = False) -> tuple[float, float]:
+    t_min, T = float(t_min), float(T)
+    if not (math.isfinite(t_min) and math.isfinite(T)):
+        raise ValueError(f"t_min and T must be finite; got t_min={t_min}, T={T}.")
+    if t_min < 0 or (t_min == 0 and not allow_zero):
+        raise ValueError(f"t_min must be > 0 (the ε of Song et al.); got {t_min}.")
+    if T <= t_min:
+        raise ValueError(f"T must be > t_min; got T={T}, t_min={t_min}.")
+    return t_min, T
