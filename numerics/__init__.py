@@ -30,3 +30,7 @@ __all__ = [
     "CosineGamma",
     "check_time",
 ]
+
+from numerics.mixture import GaussianMixture, MixtureScore  # noqa: E402
+
+__all__ += ["GaussianMixture", "MixtureScore"]

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import equinox as eqx
 import jax

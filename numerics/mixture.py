@@ -1,0 +1,256 @@
+"""Exact Gaussian mixtures and their exact diffused marginals, with scores of orders 1–3.
+
+A mixture q_0 = Σ_k π_k N(μ_k, Σ_k) pushed through any linear SDE stays a mixture with the same
+weights: q_t = Σ_k π_k N(α_t μ_k, α_t² Σ_k + σ_t² I) (THEORY.md §6.3). Each covariance is
+eigendecomposed once, Σ_k = U_k Λ_k U_kᵀ; then α² Σ_k + σ² I = U_k (α² Λ_k + σ²) U_kᵀ at every t, so
+no factorisation ever runs inside a solver loop (STACK_NOTES.md, pitfall 1: batched Cholesky in a
+``while_loop`` can deadlock XLA's thread pool, and is 7–10× slower).
+
+All per-point methods take one point of shape (D,) or a batch (..., D).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from numerics.sde import SDE, check_time
+
+__all__ = ["GaussianMixture", "MixtureScore"]
+
+_LOG_2PI = float(np.log(2 * np.pi))
+
+
+def _is_concrete(*xs) -> bool:
+    return not any(isinstance(x, jax.core.Tracer) for x in xs)
+
+
+def _validate(weights, means, covariances) -> None:
+    """Eager checks with messages that name the argument and the fix."""
+    w = np.asarray(weights, dtype=np.float64)
+    m = np.asarray(means, dtype=np.float64)
+    c = np.asarray(covariances, dtype=np.float64)
+    if w.ndim != 1 or w.size == 0:
+        raise ValueError(f"weights must be a non-empty 1-D array of shape (K,); got shape {w.shape}.")
+    K = w.size
+    if m.ndim != 2 or m.shape[0] != K:
+        raise ValueError(f"means must have shape (K, D) = ({K}, D) to match weights; got shape {m.shape}.")
+    D = m.shape[1]
+    if c.shape != (K, D, D):
+        raise ValueError(f"covariances must have shape (K, D, D) = ({K}, {D}, {D}); got shape {c.shape}.")
+    for name, a in (("weights", w), ("means", m), ("covariances", c)):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contains NaN or inf; pass finite values.")
+    if np.any(w < 0):
+        raise ValueError(f"weights must be non-negative; got {w.tolist()}.")
+    if abs(w.sum() - 1.0) > 1e-6:
+        raise ValueError(f"weights must sum to 1 (got {w.sum():.10g}); normalise them, e.g. weights / weights.sum().")
+    for k in range(K):
+        ck = c[k]
+        scale = max(1.0, float(np.max(np.abs(ck))))
+        if np.max(np.abs(ck - ck.T)) > 1e-9 * scale:
+            raise ValueError(f"covariances[{k}] is not symmetric; pass (C + C.T) / 2.")
+        ev = np.linalg.eigvalsh(ck)
+        if ev[0] <= 1e-12 * max(ev[-1], 1e-300):
+            raise ValueError(
+                f"covariances[{k}] is not positive definite (smallest eigenvalue {ev[0]:.3g}); "
+                "add a small multiple of the identity."
+            )
+
+
+class GaussianMixture(eqx.Module):
+    """Σ_k π_k N(μ_k, Σ_k) in any dimension, stored in each component's eigenbasis.
+
+    Args:
+        weights: (K,) non-negative, summing to 1.
+        means: (K, D).
+        covariances: (K, D, D) symmetric positive definite.
+
+    Bad parameters raise ``ValueError`` naming the argument (checked when the arguments are
+    concrete, i.e. not inside ``jit``).
+    """
+
+    log_weights: Float[Array, " K"]
+    means: Float[Array, "K D"]
+    eigvals: Float[Array, "K D"]
+    eigvecs: Float[Array, "K D D"]
+
+    def __init__(
+        self,
+        weights: Float[ArrayLike, " K"] | Sequence[float],
+        means: Float[ArrayLike, "K D"] | Sequence[Sequence[float]],
+        covariances: Float[ArrayLike, "K D D"] | Sequence[Sequence[Sequence[float]]],
+    ):
+        if _is_concrete(weights, means, covariances):
+            _validate(weights, means, covariances)
+        dtype = jnp.result_type(float)
+        w = jnp.asarray(weights, dtype)
+        c = jnp.asarray(covariances, dtype)
+        self.log_weights = jnp.log(w)
+        self.means = jnp.asarray(means, dtype)
+        self.eigvals, self.eigvecs = jnp.linalg.eigh(0.5 * (c + jnp.swapaxes(c, -1, -2)))
+
+    @classmethod
+    def from_diagonal(cls, weights, means, variances) -> "GaussianMixture":
+        """Mixture with diagonal covariances; ``variances`` has shape (K, D) (or (K,) for D = 1)."""
+        means = np.asarray(means, dtype=np.float64)
+        variances = np.asarray(variances, dtype=np.float64)
+        if means.ndim == 1:
+            means = means[:, None]
+        if variances.ndim == 1:
+            variances = variances[:, None]
+        if variances.shape != means.shape:
+            raise ValueError(f"variances must have the shape of means {means.shape}; got {variances.shape}.")
+        if np.any(variances <= 0) or not np.all(np.isfinite(variances)):
+            raise ValueError("variances must be finite and positive.")
+        return cls(weights, means, np.einsum("kd,de->kde", variances, np.eye(means.shape[1])))
+
+    # --- basic properties -------------------------------------------------------------
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def weights(self) -> Float[Array, " K"]:
+        return jnp.exp(self.log_weights)
+
+    @property
+    def covariances(self) -> Float[Array, "K D D"]:
+        return jnp.einsum("kij,kj,klj->kil", self.eigvecs, self.eigvals, self.eigvecs)
+
+    # --- diffusion ----------------------------------------------------------------------
+    def diffuse(self, sde: SDE, t: float | Float[Array, ""]) -> "GaussianMixture":
+        """The exact marginal q_t = Σ π_k N(α_t μ_k, α_t² Σ_k + σ_t² I) at a scalar time t."""
+        t = check_time(sde, t)
+        return self._diffuse(sde.mean_coeff(t), sde.variance(t))
+
+    def _diffuse(self, alpha, var) -> "GaussianMixture":
+        return eqx.tree_at(
+            lambda m: (m.means, m.eigvals),
+            self,
+            (alpha * self.means, alpha**2 * self.eigvals + var),
+        )
+
+    def score_fn(self, sde: SDE) -> "MixtureScore":
+        """The exact score (x, t) ↦ ∇ log q_t(x) as a PyTree callable (no recompilation per mixture)."""
+        return MixtureScore(self, sde)
+
+    # --- per-point quantities --------------------------------------------------------------
+    def _terms(self, x):
+        """For one x: log π_k + log N_k(x), y_k = U_kᵀ(x − μ_k), and g_k = ∇ log N_k(x)."""
+        diff = x[None, :] - self.means  # (K, D)
+        y = jnp.einsum("kji,kj->ki", self.eigvecs, diff)  # U_kᵀ (x − μ_k)
+        log_n = -0.5 * (jnp.sum(y**2 / self.eigvals, -1) + jnp.sum(jnp.log(self.eigvals), -1) + self.dim * _LOG_2PI)
+        g = -jnp.einsum("kij,kj->ki", self.eigvecs, y / self.eigvals)
+        return self.log_weights + log_n, y, g
+
+    def _precision_matvec(self, v):
+        """P_k v = U_k Λ_k^{-1} U_kᵀ v for every k: (D,) → (K, D)."""
+        return jnp.einsum("kij,kj,klj,l->ki", self.eigvecs, 1.0 / self.eigvals, self.eigvecs, v)
+
+    def _log_prob1(self, x):
+        return jax.nn.logsumexp(self._terms(x)[0])
+
+    def _responsibilities1(self, x):
+        return jax.nn.softmax(self._terms(x)[0])
+
+    def _score1(self, x):
+        logits, _, g = self._terms(x)
+        return jax.nn.softmax(logits) @ g
+
+    def _m2_and_score(self, x):
+        logits, y, g = self._terms(x)
+        w = jax.nn.softmax(logits)
+        s = w @ g
+        precisions = jnp.einsum("kij,kj,klj->kil", self.eigvecs, 1.0 / self.eigvals, self.eigvecs)
+        m2 = jnp.einsum("k,ki,kj->ij", w, g, g) - jnp.einsum("k,kij->ij", w, precisions)
+        return w, g, s, m2
+
+    def _hessian1(self, x):
+        _, _, s, m2 = self._m2_and_score(x)
+        return m2 - jnp.outer(s, s)
+
+    def _grad_laplacian1(self, x):
+        # THEORY.md §6.3: ∇Δ log q = Σ_k w_k[(‖g_k‖² − tr P_k) g_k − 2 P_k g_k] − (tr(M2) s + 2 M2 s) + 2‖s‖² s
+        w, g, s, m2 = self._m2_and_score(x)
+        tr_p = jnp.sum(1.0 / self.eigvals, -1)
+        p_g = jnp.einsum("kij,kj,kj->ki", self.eigvecs, 1.0 / self.eigvals, jnp.einsum("kji,kj->ki", self.eigvecs, g))
+        first = w @ ((jnp.sum(g**2, -1) - tr_p)[:, None] * g - 2.0 * p_g)
+        return first - (jnp.trace(m2) * s + 2.0 * m2 @ s) + 2.0 * jnp.sum(s**2) * s
+
+    def log_prob(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch"]:
+        """log q(x), by logsumexp over components."""
+        return jnp.vectorize(self._log_prob1, signature="(d)->()")(jnp.asarray(x))
+
+    def responsibilities(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch K"]:
+        """Posterior component probabilities w_k(x) ∝ π_k N(x; μ_k, Σ_k)."""
+        return jnp.vectorize(self._responsibilities1, signature="(d)->(k)")(jnp.asarray(x))
+
+    def score(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
+        """∇ log q(x) = Σ_k w_k(x) g_k(x), g_k = −Σ_k^{-1}(x − μ_k)."""
+        return jnp.vectorize(self._score1, signature="(d)->(d)")(jnp.asarray(x))
+
+    def hessian(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D D"]:
+        """∇² log q(x) = Σ_k w_k (g_k g_kᵀ − Σ_k^{-1}) − s sᵀ."""
+        return jnp.vectorize(self._hessian1, signature="(d)->(d,d)")(jnp.asarray(x))
+
+    def grad_laplacian(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
+        """∇ tr ∇² log q(x): the third-order quantity of Lu et al. 2022 (§4, Eq. 15)."""
+        return jnp.vectorize(self._grad_laplacian1, signature="(d)->(d)")(jnp.asarray(x))
+
+    def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n D"]:
+        """n independent draws."""
+        k_comp, k_noise = jax.random.split(key)
+        comp = jax.random.categorical(k_comp, self.log_weights, shape=(n,))
+        z = jax.random.normal(k_noise, (n, self.dim), dtype=self.means.dtype)
+        return self.means[comp] + jnp.einsum("nij,nj->ni", self.eigvecs[comp], jnp.sqrt(self.eigvals[comp]) * z)
+
+    # --- posterior of x_0 given x_t (this mixture is the data q_0) ---------------------------------
+    def posterior(self, sde: SDE, t, x_t: Float[ArrayLike, "*batch D"]):
+        """Exact law of x_0 | x_t: a mixture with weights w_k(x_t) (responsibilities under q_t),
+        means m_k = S_k(Σ_k^{-1} μ_k + α x_t/σ²) and covariances S_k = (Σ_k^{-1} + α²/σ² I)^{-1}
+        (THEORY.md §6.3). Returns (weights (*batch, K), means (*batch, K, D), covariances (K, D, D)).
+        Requires σ_t > 0.
+        """
+        t = check_time(sde, t)
+        alpha, var = sde.mean_coeff(t), sde.variance(t)
+        q_t = self._diffuse(alpha, var)
+        post_eig = self.eigvals * var / (var + alpha**2 * self.eigvals)  # eigenvalues of S_k
+        cov = jnp.einsum("kij,kj,klj->kil", self.eigvecs, post_eig, self.eigvecs)
+
+        def one(x):
+            w = q_t._responsibilities1(x)
+            rhs_eig = jnp.einsum("kji,kj->ki", self.eigvecs, self.means) / self.eigvals + alpha / var * jnp.einsum(
+                "kji,j->ki", self.eigvecs, x
+            )
+            m = jnp.einsum("kij,kj->ki", self.eigvecs, post_eig * rhs_eig)
+            return w, m
+
+        return (*jnp.vectorize(one, signature="(d)->(k),(k,d)")(jnp.asarray(x_t)), cov)
+
+    def denoiser(self, sde: SDE, t, x_t: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
+        """E[x_0 | x_t] = (x_t + σ_t² ∇log q_t(x_t)) / α_t (Tweedie; Efron 2011), exact."""
+        t = check_time(sde, t)
+        alpha, var = sde.mean_coeff(t), sde.variance(t)
+        return (x_t + var * self._diffuse(alpha, var).score(x_t)) / alpha
+
+
+class MixtureScore(eqx.Module):
+    """(x, t) ↦ ∇ log q_t(x) for a data mixture q_0 under an SDE; a PyTree, so passing another
+    mixture of the same shapes to a jitted likelihood does not recompile."""
+
+    mixture: GaussianMixture
+    sde: SDE
+
+    def __call__(self, x: Float[Array, " D"], t) -> Float[Array, " D"]:
+        q_t = self.mixture._diffuse(self.sde.mean_coeff(t), self.sde.variance(t))
+        return q_t._score1(x)
