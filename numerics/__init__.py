@@ -34,3 +34,7 @@ __all__ = [
 from numerics.mixture import GaussianMixture, MixtureScore  # noqa: E402
 
 __all__ += ["GaussianMixture", "MixtureScore"]
+
+from numerics.losses import WEIGHTINGS, dsm_loss, dsm_loss_terms, sample_time, time_weight  # noqa: E402
+
+__all__ += ["WEIGHTINGS", "dsm_loss", "dsm_loss_terms", "sample_time", "time_weight"]

@@ -1,0 +1,121 @@
+"""Denoising score matching with the weightings of Song et al. 2021 — the one implementation.
+
+Per example x_0, with t drawn on [t_min, T], ε ~ N(0, I) and x_t = α_t x_0 + σ_t ε, the
+returned value is an unbiased single-sample estimate of
+
+    J_DSM(θ; λ) = ½ ∫_{t_min}^T λ(t) E ‖s_θ(x_t, t) + ε/σ_t‖² dt        (Song et al. 2021, Eq. 7)
+
+for the three settings of their Table 2 (THEORY.md §2.2, §2.6):
+
+==============  ================  ==================================================
+weighting        t drawn from      per-example value (ε̂ = −σ_t s_θ)
+==============  ================  ==================================================
+``"sigma2"``     U[t_min, T]       (T − t_min) · ½ ‖ε − ε̂‖²            (λ = σ_t²)
+``"g2"``         U[t_min, T]       (T − t_min) · ½ (g²/σ²) ‖ε − ε̂‖²    (λ = g²)
+``"g2_is"``      p(t) ∝ g²/σ²      Z · ½ ‖ε − ε̂‖²                      (λ = g², IS)
+==============  ================  ==================================================
+
+with Z = log SNR(t_min) − log SNR(T). The public code drops the constants (T − t_min) and Z;
+keeping them makes the expectation *equal* J_DSM, so the same numbers serve the bounds of
+numerics and the training loss (Adam is invariant to a constant scale). By THEORY.md Eq. 1.1,
+½ (g²/σ²)‖ε − ε̂‖² is also VDM's continuous-time loss ½ γ'(t)‖ε − ε̂‖² (Kingma et al. 2021, Eq. 17).
+
+Everything is dtype-generic: it computes in the dtype of ``x0`` (float64 in numerics, float32 or
+bf16 in training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from numerics.sde import SDE
+
+__all__ = ["WEIGHTINGS", "sample_time", "time_weight", "dsm_loss", "dsm_loss_terms"]
+
+Weighting = Literal["sigma2", "g2", "g2_is"]
+Parameterisation = Literal["score", "eps"]
+WEIGHTINGS: tuple[str, ...] = ("sigma2", "g2", "g2_is")
+
+
+def _check_weighting(weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}.")
+
+
+def sample_time(
+    sde: SDE, key: PRNGKeyArray, shape, weighting: Weighting, *, t_min: float | None = None, dtype=None
+) -> Array:
+    """t ~ U[t_min, T] for ``"sigma2"``/``"g2"``; t ~ p(t) ∝ g²/σ² (exact inverse CDF) for ``"g2_is"``."""
+    _check_weighting(weighting)
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    t0 = sde.t_min if t_min is None else float(t_min)
+    if weighting == "g2_is":
+        return sde.importance_sample_t(key, shape, t_min=t0, dtype=dtype)
+    return jax.random.uniform(key, shape, dtype=dtype, minval=t0, maxval=sde.T)
+
+
+def time_weight(sde: SDE, t, weighting: Weighting, *, t_min: float | None = None) -> Array:
+    """The factor w(t) in the per-example value w(t) · ½‖ε − ε̂‖² (see the module table)."""
+    _check_weighting(weighting)
+    t0 = sde.t_min if t_min is None else float(t_min)
+    if weighting == "sigma2":
+        return jnp.full_like(t, sde.T - t0)
+    if weighting == "g2":
+        return (sde.T - t0) * sde.diffusion_sq(t) / sde.variance(t)
+    return jnp.full_like(t, sde.importance_normaliser(t0))
+
+
+def dsm_loss_terms(
+    model: Callable,
+    sde: SDE,
+    x0: Float[Array, "batch *event"],
+    t: Float[Array, " batch"],
+    eps: Float[Array, "batch *event"],
+    weighting: Weighting,
+    *,
+    parameterisation: Parameterisation = "score",
+    t_min: float | None = None,
+) -> Float[Array, " batch"]:
+    """Per-example weighted DSM values at given (t, ε) — for common random numbers and exact tests.
+
+    ``model(x_t, t)`` takes ONE example; it returns the score s_θ (``parameterisation="score"``)
+    or the noise prediction ε̂_θ = −σ_t s_θ (``"eps"``).
+    """
+    dtype = x0.dtype
+    t = t.astype(dtype)
+    alpha = sde.mean_coeff(t).astype(dtype)
+    sigma = sde.std(t).astype(dtype)
+    expand = (slice(None),) + (None,) * (x0.ndim - 1)
+    x_t = alpha[expand] * x0 + sigma[expand] * eps
+    out = jax.vmap(model)(x_t, t)
+    eps_hat = out if parameterisation == "eps" else -sigma[expand] * out
+    sq = jnp.sum(jnp.square(eps - eps_hat).reshape(x0.shape[0], -1), axis=-1)
+    return (0.5 * time_weight(sde, t, weighting, t_min=t_min) * sq).astype(dtype)
+
+
+def dsm_loss(
+    model: Callable,
+    sde: SDE,
+    x0: Float[Array, "batch *event"],
+    key: PRNGKeyArray,
+    *,
+    weighting: Weighting = "g2_is",
+    parameterisation: Parameterisation = "score",
+    t_min: float | None = None,
+) -> Float[Array, " batch"]:
+    """Per-example unbiased estimates of J_DSM(θ; λ) over [t_min, T] (Song et al. 2021, Eq. 7).
+
+    Average over the batch for the training loss; the mean's standard error is the batch
+    standard deviation over √batch.
+    """
+    if parameterisation not in ("score", "eps"):
+        raise ValueError(f"parameterisation must be 'score' or 'eps'; got {parameterisation!r}.")
+    k_t, k_eps = jax.random.split(key)
+    t = sample_time(sde, k_t, (x0.shape[0],), weighting, t_min=t_min, dtype=x0.dtype)
+    eps = jax.random.normal(k_eps, x0.shape, dtype=x0.dtype)
+    return dsm_loss_terms(model, sde, x0, t, eps, weighting, parameterisation=parameterisation, t_min=t_min)
