@@ -1,0 +1,84 @@
+"""Hypothesis strategies for random mixtures and SDEs, exported for property-based tests.
+
+    from hypothesis import given
+    from numerics import strategies as st_num
+
+    @given(st_num.mixtures(), st_num.sdes())
+    def test_something(mixture, sde): ...
+
+Mixtures have random dimension, component count, weights and well-conditioned covariances
+(eigenvalues in [min_eig, max_eig], random orientation); SDEs have random parameters within
+the ranges the papers use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from numerics.mixture import GaussianMixture
+from numerics.sde import VPSDE, VESDE, CosineGamma, LinearGamma, LogSNRSDE, SubVPSDE
+
+__all__ = ["mixture_params", "mixtures", "sdes", "SDE_KINDS"]
+
+SDE_KINDS = ("vp", "subvp", "ve", "ve_score_sde", "logsnr")
+
+
+@st.composite
+def mixture_params(
+    draw,
+    *,
+    min_dim: int = 1,
+    max_dim: int = 5,
+    min_components: int = 1,
+    max_components: int = 4,
+    dim: int | None = None,
+    min_eig: float = 0.05,
+    max_eig: float = 1.0,
+    mean_scale: float = 2.0,
+    min_weight: float = 0.05,
+):
+    """(weights (K,), means (K, D), covariances (K, D, D)) as numpy float64 arrays."""
+    D = dim if dim is not None else draw(st.integers(min_dim, max_dim))
+    K = draw(st.integers(min_components, max_components))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    raw = rng.uniform(0.0, 1.0, K) + min_weight * K / max(1.0 - min_weight * K, 1e-3)
+    weights = raw / raw.sum()
+    means = rng.uniform(-mean_scale, mean_scale, (K, D))
+    covs = np.empty((K, D, D))
+    for k in range(K):
+        q, r = np.linalg.qr(rng.normal(size=(D, D)))
+        q = q * np.sign(np.diag(r))
+        eig = np.exp(rng.uniform(np.log(min_eig), np.log(max_eig), D))
+        covs[k] = (q * eig) @ q.T
+        covs[k] = 0.5 * (covs[k] + covs[k].T)
+    return weights, means, covs
+
+
+@st.composite
+def mixtures(draw, **kwargs) -> GaussianMixture:
+    """A random :class:`GaussianMixture`; keyword arguments as in :func:`mixture_params`."""
+    return GaussianMixture(*draw(mixture_params(**kwargs)))
+
+
+@st.composite
+def sdes(draw, kinds: tuple[str, ...] = ("vp", "subvp", "ve"), t_min: float | None = None):
+    """A random SDE of one of ``kinds`` (see :data:`SDE_KINDS`) with parameters near the papers'."""
+    kind = draw(st.sampled_from(kinds))
+    eps = t_min if t_min is not None else draw(st.sampled_from([1e-4, 1e-3, 1e-2]))
+    if kind in ("vp", "subvp"):
+        beta_min = draw(st.floats(0.05, 0.5))
+        beta_max = draw(st.floats(5.0, 25.0))
+        cls = VPSDE if kind == "vp" else SubVPSDE
+        return cls(beta_min, beta_max, t_min=eps)
+    if kind in ("ve", "ve_score_sde"):
+        sigma_min = draw(st.floats(0.005, 0.05))
+        sigma_max = draw(st.floats(5.0, 80.0))
+        return VESDE(sigma_min, sigma_max, kernel="exact" if kind == "ve" else "score_sde", t_min=eps)
+    if kind == "logsnr":
+        gamma_min = draw(st.floats(-14.0, -8.0))
+        gamma_max = draw(st.floats(3.0, 8.0))
+        cls = draw(st.sampled_from([LinearGamma, CosineGamma]))
+        return LogSNRSDE(cls(gamma_min, gamma_max), t_min=0.0)
+    raise ValueError(f"unknown SDE kind {kind!r}; choose from {SDE_KINDS}.")
