@@ -38,3 +38,7 @@ __all__ += ["GaussianMixture", "MixtureScore"]
 from numerics.losses import WEIGHTINGS, dsm_loss, dsm_loss_terms, sample_time, time_weight  # noqa: E402
 
 __all__ += ["WEIGHTINGS", "dsm_loss", "dsm_loss_terms", "sample_time", "time_weight"]
+
+from numerics.likelihood import LikelihoodResult, SolverError, bits_per_dim, ode_log_likelihood  # noqa: E402
+
+__all__ += ["LikelihoodResult", "SolverError", "bits_per_dim", "ode_log_likelihood"]

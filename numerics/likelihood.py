@@ -1,0 +1,256 @@
+"""Probability-flow ODE log-likelihood, entirely in graph (diffrax, jit, vmap).
+
+The probability-flow ODE of a linear SDE with score model s(x, t) is
+
+    dx/dt = h(x, t) = f(t) x − ½ g(t)² s(x, t)                  (Song et al. 2021, Eq. 2; ICLR'21 Eq. 13)
+
+and the instantaneous change of variables (Chen et al. 2018) gives, from t_start to T,
+
+    log p_{t_start}(x) = log π(x_T) + ∫_{t_start}^T ∇·h(x_t, t) dt,    ∇·h = D f(t) − ½ g(t)² ∇·s
+
+(THEORY.md §2.1). The divergence is exact (D Jacobian-vector products of one linearisation) or
+Hutchinson–Skilling's estimate vᵀ(∂s/∂x)v with probes held fixed along the trajectory
+(THEORY.md §2.8): the trajectory does not depend on v, so the n_probes estimates are i.i.d. given
+x and their spread gives a standard error of the estimate of log p.
+
+Every sample is solved with its own adaptive step sizes (vmap over ``diffeqsolve``): a shared
+step over a flattened batch controls only an average error. A solve that reaches ``max_steps``
+or produces a non-finite value raises :class:`SolverError` (inside a caller's ``jit``, an
+equinox runtime error with the same message) — never silent garbage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from numerics.sde import SDE
+
+__all__ = ["LikelihoodResult", "SolverError", "ode_log_likelihood", "bits_per_dim", "evaluations_per_step"]
+
+
+class SolverError(RuntimeError):
+    """An ODE solve failed: the step limit was reached or a value was not finite."""
+
+
+class LikelihoodResult(eqx.Module):
+    """Per-sample output of :func:`ode_log_likelihood`.
+
+    Attributes:
+        log_prob: log p_{t_start}(x) in nats (mean over probes for Hutchinson).
+        latent: x_T, the end of the probability-flow trajectory.
+        nfe: score-function evaluations of the adaptive solve (accepted and rejected steps).
+        stderr: standard error of ``log_prob`` over Hutchinson probes (NaN for the exact trace
+            or a single probe: the spread of one probe cannot be estimated).
+        log_prob_per_probe: the n_probes i.i.d. estimates (one column for the exact trace).
+        prior_log_prob: log π(x_T).
+    """
+
+    log_prob: Float[Array, " N"]
+    latent: Float[Array, "N *event"]
+    nfe: Int[Array, " N"]
+    stderr: Float[Array, " N"]
+    log_prob_per_probe: Float[Array, "N P"]
+    prior_log_prob: Float[Array, " N"]
+
+
+def evaluations_per_step(solver) -> int:
+    """Vector-field evaluations per step of an explicit Runge–Kutta solver (FSAL counted once).
+
+    diffrax's ``sol.stats`` has no evaluation count (STACK_NOTES.md); Tsit5 and Dopri5 have 7 stages
+    with first-same-as-last, hence 6 new evaluations per attempted step, plus 1 at the start.
+    """
+    tableau = getattr(solver, "tableau", None)
+    if tableau is None:
+        return -1
+    stages = len(tableau.c) + 1
+    return stages - 1 if getattr(tableau, "fsal", False) else stages
+
+
+def _solve_one(score_fn, sde, prior_log_prob, x, probes, *, t0, t1, rtol, atol, solver, max_steps, exact):
+    """One sample: returns (log p per probe, x_T, number of attempted steps, ok flag)."""
+    event_shape = x.shape
+    dim = x.size
+
+    def vector_field(t, y, args):
+        xt, _ = y
+        s, lin = jax.linearize(lambda z: score_fn(z, t), xt)
+        f, g2 = sde.drift_coeff(t), sde.diffusion_sq(t)
+        if exact:
+            basis = jnp.eye(dim, dtype=xt.dtype).reshape((dim, *event_shape))
+            jac_diag = jax.vmap(lin)(basis).reshape(dim, dim)
+            div_s = jnp.trace(jac_diag)[None]
+        else:
+            jv = jax.vmap(lin)(probes)
+            div_s = jnp.sum((probes * jv).reshape(probes.shape[0], -1), axis=-1)
+        dx = f * xt - 0.5 * g2 * s
+        ddelta = dim * f - 0.5 * g2 * div_s
+        return dx, ddelta
+
+    n_div = 1 if exact else probes.shape[0]
+    y0 = (x, jnp.zeros((n_div,), dtype=x.dtype))
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field),
+        solver,
+        t0=t0,
+        t1=t1,
+        dt0=None,
+        y0=y0,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+        throw=False,
+    )
+    x_T = sol.ys[0][-1]
+    delta = sol.ys[1][-1]
+    prior = prior_log_prob(x_T)
+    log_p = prior + delta
+    ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(log_p)) & jnp.all(jnp.isfinite(x_T))
+    return log_p, x_T, prior, sol.stats["num_steps"], ok
+
+
+@eqx.filter_jit
+def _solve_batch(score_fn, sde, prior_log_prob, x, probes, config):
+    t0, t1, rtol, atol, solver, max_steps, exact = config
+    fn = lambda xi, pi: _solve_one(  # noqa: E731
+        score_fn, sde, prior_log_prob, xi, pi,
+        t0=t0, t1=t1, rtol=rtol, atol=atol, solver=solver, max_steps=max_steps, exact=exact,
+    )
+    return jax.vmap(fn)(x, probes)
+
+
+def _failure_message(n_bad: int | str, n: int, max_steps: int) -> str:
+    return (
+        f"probability-flow ODE solve failed for {n_bad} of {n} samples: the adaptive solver reached "
+        f"max_steps={max_steps} or produced a non-finite value. Check the score function for NaN/inf "
+        "at small t, loosen rtol/atol, or raise max_steps."
+    )
+
+
+def ode_log_likelihood(
+    score_fn: Callable,
+    sde: SDE,
+    x: Float[Array, "N *event"],
+    *,
+    divergence: Literal["exact", "hutchinson"] = "exact",
+    n_probes: int = 1,
+    probe: Literal["rademacher", "gaussian"] = "rademacher",
+    key: PRNGKeyArray | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    solver: diffrax.AbstractSolver | None = None,
+    prior_log_prob: Callable | None = None,
+    t_start: float | None = None,
+    max_steps: int = 16384,
+) -> LikelihoodResult:
+    """log p^ODE_{t_start}(x) for a batch ``x`` by the probability-flow ODE (Song et al. 2021, §4.3).
+
+    Args:
+        score_fn: ``score_fn(x, t)`` for ONE sample of shape ``event`` — a function or an equinox
+            Module (a PyTree: another model of the same shapes does not recompile).
+        sde: the forward SDE; the ODE runs from ``t_start`` (default ``sde.t_min``) to ``sde.T``.
+        x: the batch, shape (N, *event).
+        divergence: ``"exact"`` (D Jacobian-vector products per evaluation) or ``"hutchinson"``.
+        n_probes, probe, key: Hutchinson probes (held fixed along each trajectory; ``key`` required).
+        rtol, atol: tolerances of the PID step-size controller.
+        solver: a diffrax solver (default ``Tsit5()``).
+        prior_log_prob: log π of ONE sample at time T (default ``sde.prior_log_prob``). Passing the
+            exact log q_T makes the result equal log q_{t_start}(x) for the exact score.
+        t_start: start time (default ``sde.t_min``).
+        max_steps: the step limit; reaching it raises :class:`SolverError`.
+
+    Returns:
+        :class:`LikelihoodResult` with per-sample ``log_prob``, ``latent``, ``nfe`` and ``stderr``.
+    """
+    if divergence not in ("exact", "hutchinson"):
+        raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}.")
+    if probe not in ("rademacher", "gaussian"):
+        raise ValueError(f"probe must be 'rademacher' or 'gaussian'; got {probe!r}.")
+    if int(n_probes) != n_probes or n_probes < 1:
+        raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}.")
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"rtol and atol must be positive; got rtol={rtol}, atol={atol}.")
+    x = jnp.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(
+            f"x must have a leading batch axis, shape (N, *event); got shape {x.shape}. For one sample pass x[None]."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"x must be a floating-point array; got dtype {x.dtype}.")
+    concrete = not isinstance(x, jax.core.Tracer)
+    if concrete and not bool(jnp.all(jnp.isfinite(x))):
+        bad = int(jnp.sum(~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=-1)))
+        raise ValueError(f"x contains NaN or inf in {bad} of {x.shape[0]} samples; remove or fix them.")
+    t0 = float(sde.t_min if t_start is None else t_start)
+    t1 = float(sde.T)
+    if not (0.0 <= t0 < t1):
+        raise ValueError(f"t_start must lie in [0, T) = [0, {t1:g}); got {t0:g}.")
+    solver = diffrax.Tsit5() if solver is None else solver
+    prior_log_prob = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
+
+    exact = divergence == "exact"
+    if exact:
+        probes = jnp.zeros((x.shape[0], 1, *x.shape[1:]), dtype=x.dtype)
+    else:
+        if key is None:
+            raise ValueError("key is required for divergence='hutchinson' (it draws the probes).")
+        shape = (x.shape[0], int(n_probes), *x.shape[1:])
+        if probe == "rademacher":
+            probes = jax.random.rademacher(key, shape, dtype=x.dtype)
+        else:
+            probes = jax.random.normal(key, shape, dtype=x.dtype)
+
+    config = (t0, t1, float(rtol), float(atol), solver, int(max_steps), exact)
+    log_p, x_T, prior, num_steps, ok = _solve_batch(score_fn, sde, prior_log_prob, x, probes, config)
+
+    if isinstance(ok, jax.core.Tracer):
+        log_p = eqx.error_if(log_p, ~ok[:, None], _failure_message("some", x.shape[0], max_steps))
+    elif not bool(jnp.all(ok)):
+        raise SolverError(_failure_message(int(jnp.sum(~ok)), x.shape[0], max_steps))
+
+    per_step = evaluations_per_step(solver)
+    nfe = num_steps * per_step + 1 if per_step > 0 else jnp.full_like(num_steps, -1)
+    n = log_p.shape[1]
+    mean = jnp.mean(log_p, axis=1)
+    if n > 1:
+        stderr = jnp.std(log_p, axis=1, ddof=1) / math.sqrt(n)
+    else:
+        stderr = jnp.full_like(mean, jnp.nan)
+    return LikelihoodResult(
+        log_prob=mean, latent=x_T, nfe=nfe, stderr=stderr, log_prob_per_probe=log_p, prior_log_prob=prior
+    )
+
+
+def bits_per_dim(
+    log_prob: Float[Array, "*batch"],
+    dims: int,
+    *,
+    data_scale: float,
+    n_bins: int = 256,
+) -> Float[Array, "*batch"]:
+    """Bits/dim of n-bit data from a continuous log-density of scaled, dequantised data.
+
+    Pixels k ∈ {0, …, n_bins − 1}^D are dequantised to y = (k + u)/n_bins ∈ [0, 1)^D and scaled to
+    the model's space x = data_scale · y + shift (score_sde's centred data: data_scale = 2, x ∈
+    [−1, 1]). With p_Y(y) = p_X(x) · data_scale^D and P(k) = ∫_{cube(k)} p_Y, Jensen's inequality
+    gives −log P(k) ≤ E_u[−log p_X(x)] − D log data_scale + D log n_bins, i.e. in bits per dimension
+
+        bpd = −log p_X(x) / (D ln 2) + log₂ n_bins − log₂ data_scale
+
+    (Song et al. 2021, §5; THEORY.md §2.9). The shift does not enter. Pass ``log_prob`` = log p_X
+    in nats (e.g. :attr:`LikelihoodResult.log_prob`); average over u and data outside.
+    Check: the uniform density on [−1, 1]^D (data_scale = 2) gives exactly 8 bits/dim.
+    """
+    if dims <= 0:
+        raise ValueError(f"dims must be a positive integer (the number of pixel values per example); got {dims}.")
+    if not data_scale > 0:
+        raise ValueError(f"data_scale must be positive; got {data_scale}.")
+    if n_bins < 2:
+        raise ValueError(f"n_bins must be at least 2; got {n_bins}.")
+    return -jnp.asarray(log_prob) / (dims * math.log(2.0)) + math.log2(n_bins) - math.log2(data_scale)
