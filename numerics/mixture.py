@@ -82,9 +82,9 @@ class GaussianMixture(eqx.Module):
 
     def __init__(
         self,
-        weights: Float[ArrayLike, " K"] | Sequence[float],
-        means: Float[ArrayLike, "K D"] | Sequence[Sequence[float]],
-        covariances: Float[ArrayLike, "K D D"] | Sequence[Sequence[Sequence[float]]],
+        weights: Float[ArrayLike, " K"] | Sequence,
+        means: Float[ArrayLike, "K D"] | Sequence,
+        covariances: Float[ArrayLike, "K D D"] | Sequence,
     ):
         if _is_concrete(weights, means, covariances):
             _validate(weights, means, covariances)
@@ -187,26 +187,32 @@ class GaussianMixture(eqx.Module):
         first = w @ ((jnp.sum(g**2, -1) - tr_p)[:, None] * g - 2.0 * p_g)
         return first - (jnp.trace(m2) * s + 2.0 * m2 @ s) + 2.0 * jnp.sum(s**2) * s
 
+    @eqx.filter_jit
     def log_prob(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch"]:
         """log q(x), by logsumexp over components."""
         return jnp.vectorize(self._log_prob1, signature="(d)->()")(jnp.asarray(x))
 
+    @eqx.filter_jit
     def responsibilities(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch K"]:
         """Posterior component probabilities w_k(x) ∝ π_k N(x; μ_k, Σ_k)."""
         return jnp.vectorize(self._responsibilities1, signature="(d)->(k)")(jnp.asarray(x))
 
+    @eqx.filter_jit
     def score(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
         """∇ log q(x) = Σ_k w_k(x) g_k(x), g_k = −Σ_k^{-1}(x − μ_k)."""
         return jnp.vectorize(self._score1, signature="(d)->(d)")(jnp.asarray(x))
 
+    @eqx.filter_jit
     def hessian(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D D"]:
         """∇² log q(x) = Σ_k w_k (g_k g_kᵀ − Σ_k^{-1}) − s sᵀ."""
         return jnp.vectorize(self._hessian1, signature="(d)->(d,d)")(jnp.asarray(x))
 
+    @eqx.filter_jit
     def grad_laplacian(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
         """∇ tr ∇² log q(x): the third-order quantity of Lu et al. 2022 (§4, Eq. 15)."""
         return jnp.vectorize(self._grad_laplacian1, signature="(d)->(d)")(jnp.asarray(x))
 
+    @eqx.filter_jit
     def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n D"]:
         """n independent draws."""
         k_comp, k_noise = jax.random.split(key)
@@ -221,7 +227,10 @@ class GaussianMixture(eqx.Module):
         (THEORY.md §6.3). Returns (weights (*batch, K), means (*batch, K, D), covariances (K, D, D)).
         Requires σ_t > 0.
         """
-        t = check_time(sde, t)
+        return self._posterior(sde, check_time(sde, t), jnp.asarray(x_t))
+
+    @eqx.filter_jit
+    def _posterior(self, sde, t, x_t):
         alpha, var = sde.mean_coeff(t), sde.variance(t)
         q_t = self._diffuse(alpha, var)
         post_eig = self.eigvals * var / (var + alpha**2 * self.eigvals)  # eigenvalues of S_k
@@ -235,11 +244,14 @@ class GaussianMixture(eqx.Module):
             m = jnp.einsum("kij,kj->ki", self.eigvecs, post_eig * rhs_eig)
             return w, m
 
-        return (*jnp.vectorize(one, signature="(d)->(k),(k,d)")(jnp.asarray(x_t)), cov)
+        return (*jnp.vectorize(one, signature="(d)->(k),(k,d)")(x_t), cov)
 
     def denoiser(self, sde: SDE, t, x_t: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
         """E[x_0 | x_t] = (x_t + σ_t² ∇log q_t(x_t)) / α_t (Tweedie; Efron 2011), exact."""
-        t = check_time(sde, t)
+        return self._denoiser(sde, check_time(sde, t), jnp.asarray(x_t))
+
+    @eqx.filter_jit
+    def _denoiser(self, sde, t, x_t):
         alpha, var = sde.mean_coeff(t), sde.variance(t)
         return (x_t + var * self._diffuse(alpha, var).score(x_t)) / alpha
 

@@ -1,0 +1,358 @@
+"""Song, Durkan, Murray & Ermon 2021, *Maximum Likelihood Training of Score-Based Diffusion Models*.
+
+Theorem 1 (KL bound of the SDE model), the DSM form with its constant (THEORY.md Eq. 2.2), and
+Theorem 2 (pointwise bound, SM and DSM forms, tightness, ε-truncation offset), checked on exact
+Gaussian mixtures and on the closed-form affine family (THEORY.md §2.3–2.7, §6.2).
+
+Which model laws are exact: the SDE model's law p^SDE_θ is closed form only for the affine
+family (:mod:`numerics.checks.affine`), so Theorem 1 and the pointwise inequality of Theorem 2
+are checked there exactly (SE = 0, quadrature atol). On mixtures the checks are the exact
+identities that the bounds are built from — the θ-independent DSM constant, the Stein identity
+SM = DSM per datapoint, and the tightness identity at the exact score — plus the ε-offset bound
+in expectation, E_q[bound] ≥ H(q_0), which holds for any model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from numerics.checks import engine
+from numerics.checks.affine import AffineModel, affine_summary, quad_moment
+from numerics.checks.engine import CheckResult
+from numerics.losses import dsm_loss_terms
+from numerics.mixture import GaussianMixture
+from numerics.sde import SDE
+
+__all__ = [
+    "check_theorem1_affine",
+    "check_dsm_constant",
+    "check_theorem2_stein",
+    "check_theorem2_tight",
+    "check_theorem2_affine",
+    "check_ode_vs_sde_bound_affine",
+    "check_eps_offset_bound",
+]
+
+PAPER = "Song+21"
+
+
+# --- Theorem 1 ------------------------------------------------------------------------------
+
+
+def check_theorem1_affine(mu, s2, model: AffineModel, sde: SDE, *, prior: str = "sde") -> CheckResult:
+    """Song+21 Thm 1 (Eq. 8): KL(q_ε ‖ p_ε^SDE) ≤ J_SM(θ; g²) + KL(q_T ‖ π), exact on the affine family."""
+    s = affine_summary(mu, s2, model, sde, prior=prior)
+    return engine.inequality(
+        "song_thm1_affine" + ("_exact_prior" if prior == "exact" else ""),
+        PAPER,
+        "Thm 1: KL(q||p_SDE) <= J_SM(g^2) + KL(q_T||pi)",
+        s.kl_sde,
+        s.J_SM + s.kl_T,
+        0.0,
+        atol=1e-8,
+        settings=dict(sde=type(sde).__name__, D=len(np.atleast_1d(mu)), prior=prior, J_SM=s.J_SM, KL_T=s.kl_T,
+                      t0=sde.t_min, quad_nodes=s.quad_nodes,
+                      method="closed form: Gaussian data, affine score model; model law by backward ODE (rtol 1e-11)"),
+    )
+
+
+def _dsm_minus_sm_integrand(args, x_t, t, x0, eps, alpha, sigma):
+    model, exact = args
+    s = model(x_t, t)
+    sq = exact(x_t, t)
+    return 0.5 * (jnp.sum(jnp.square(s + eps / sigma)) - jnp.sum(jnp.square(s - sq)))
+
+
+def check_dsm_constant(
+    q: GaussianMixture, model, sde: SDE, *, seed: int = 0, n_samples: int = 2048, n_panels: int = 8, order: int = 12
+) -> tuple[CheckResult, float, float]:
+    """Song+21 Eq. 7 / THEORY.md Eq. 2.2: J_DSM(θ; g²) − J_SM(θ; g²) = J_DSM(exact score; g²), on [t_min, T].
+
+    J_DSM is evaluated with :func:`numerics.losses.dsm_loss_terms` ("g2_is" weighting rescaled to
+    the log-SNR quadrature); J_SM with the exact mixture score; all on common (x₀, ε) paths.
+    Returns (result, J_DSM(exact) estimate, its SE).
+    """
+    key = engine.key_from_seed(seed)
+    k0, k1 = jax.random.split(key)
+    x0 = q.sample(k0, n_samples)
+    eps = jax.random.normal(k1, x0.shape, dtype=x0.dtype)
+    grid = engine.time_grid(sde, sde.t_min, sde.T, n_panels=n_panels, order=order)
+    alpha, sigma, _, _ = engine.grid_coeffs(sde, grid.t)
+    exact = q.score_fn(sde)
+    Z = float(sde.importance_normaliser())
+    n, m = n_samples, grid.n
+    lam_w = jnp.asarray(grid.w_g2 / np.asarray(sigma) ** 2) / Z  # Σ_j lam_w_j · Z·½‖ε−ε̂‖² = ½∫‖ε−ε̂‖² dλ
+
+    def j_dsm(score):
+        x0r = jnp.repeat(x0, m, axis=0)
+        er = jnp.repeat(eps, m, axis=0)
+        tr = jnp.tile(jnp.asarray(grid.t), n)
+        vals = dsm_loss_terms(score, sde, x0r, tr, er, "g2_is").reshape(n, m)
+        return vals @ lam_w
+
+    dsm_model = j_dsm(model)
+    dsm_exact = j_dsm(exact)
+    sm_model = engine.eval_on_paths(
+        _dsm_minus_sm_integrand, (model, exact), x0, eps, grid.t, alpha, sigma
+    ) @ jnp.asarray(grid.w_g2)
+    # sm_model here is per-path J_DSM − J_SM (model); compare with J_DSM(exact)
+    lhs, rhs, se = engine.paired(sm_model, dsm_exact)
+    c_exact, c_se = engine.mc_mean(dsm_exact)
+    jd, jd_se = engine.mc_mean(dsm_model)
+    return (
+        engine.identity(
+            "song_dsm_constant",
+            PAPER,
+            "Eq. 2.2: J_DSM(theta) - J_SM(theta) = J_DSM(exact score)",
+            lhs,
+            rhs,
+            se,
+            settings=dict(sde=type(sde).__name__, D=q.dim, K=q.n_components, n_samples=n_samples,
+                          quad_nodes=grid.n, J_DSM_model=jd, J_DSM_model_se=jd_se,
+                          method="CRN paths; J_DSM via numerics.losses.dsm_loss_terms on log-SNR nodes"),
+        ),
+        c_exact,
+        c_se,
+    )
+
+
+# --- Theorem 2 --------------------------------------------------------------------------------
+
+
+def _sm_dsm_integrand(args, x_t, t, x0, eps, alpha, sigma):
+    """(½‖s‖² + ∇·s,  ½‖s + ε/σ‖² − ½ D/σ²) at x_t: the SM and DSM integrands of Thm 2 (without g², f)."""
+    (model,) = args
+    s = model(x_t, t)
+    div = engine.divergence(model, x_t, t)
+    sm = 0.5 * jnp.sum(s**2) + div
+    dsm = 0.5 * jnp.sum(jnp.square(s + eps / sigma)) - 0.5 * x_t.shape[0] / sigma**2
+    return jnp.stack([sm, dsm])
+
+
+def _conditional_paths(sde, x, eps, t, t_cond):
+    """Coefficients of X_t | X_{t_cond} = x: X_t = a_t x + b_t ε with a = α_t/α_c, b² = σ_t² − a² σ_c²."""
+    a_c, v_c = sde.mean_coeff(jnp.asarray(t_cond)), sde.variance(jnp.asarray(t_cond))
+    a = sde.mean_coeff(jnp.asarray(t)) / a_c
+    b = jnp.sqrt(jnp.maximum(sde.variance(jnp.asarray(t)) - a**2 * v_c, 0.0))
+    return a, b
+
+
+def check_theorem2_stein(
+    q: GaussianMixture, model, sde: SDE, x, *, seed: int = 0, n_samples: int = 1024, n_panels: int = 8, order: int = 12
+) -> CheckResult:
+    """Song+21 Thm 2: L^SM_θ(x) = L^DSM_θ(x) for any smooth s_θ (Stein's identity), per datapoint x,
+    both conditioned on X_0 = x over [t_min, T] (THEORY.md §2.4). The prior term is common and
+    exact (−E log π(X_T) in closed form); the f-terms cancel. MC with CRN.
+    """
+    x = jnp.asarray(x, dtype=jnp.float64)
+    D = x.shape[0]
+    key = engine.key_from_seed(seed)
+    eps = jax.random.normal(key, (n_samples, D), dtype=jnp.float64)
+    x0 = jnp.broadcast_to(x, eps.shape)
+    grid = engine.time_grid(sde, sde.t_min, sde.T, n_panels=n_panels, order=order)
+    alpha, sigma, _, _ = engine.grid_coeffs(sde, grid.t)
+    vals = engine.eval_on_paths(_sm_dsm_integrand, (model,), x0, eps, grid.t, alpha, sigma)  # (N, m, 2)
+    w = jnp.asarray(grid.w_g2)
+    sm_i = jnp.einsum("nm,m->n", vals[..., 0], w)
+    dsm_i = jnp.einsum("nm,m->n", vals[..., 1], w)
+    # control variate with exact mean 0: ½(‖ε‖² − D) Σ_j w_j/σ_j²
+    cv = 0.5 * (jnp.sum(eps**2, -1) - D) * jnp.sum(w / sigma**2)
+    dsm_i = dsm_i - cv
+    prior = _neg_prior_term(sde, x)
+    lhs, rhs, se = engine.paired(sm_i + prior, dsm_i + prior)
+    return engine.identity(
+        "song_thm2_sm_eq_dsm",
+        PAPER,
+        "Thm 2: L_SM(x) = L_DSM(x) (Stein)",
+        lhs,
+        rhs,
+        se,
+        settings=dict(sde=type(sde).__name__, D=D, n_samples=n_samples, quad_nodes=grid.n,
+                      conditioning="X_0 = x", control_variate="1/2(|eps|^2-D) sum w/sigma^2 (mean 0)"),
+    )
+
+
+def _neg_prior_term(sde: SDE, x):
+    """−E[log π(X_T) | X_0 = x] for π = N(0, s² I), exact."""
+    aT, vT = sde.mean_coeff(jnp.asarray(sde.T)), sde.variance(jnp.asarray(sde.T))
+    s2 = float(sde.prior_std) ** 2
+    D = x.shape[0]
+    return float(0.5 * (aT**2 * jnp.sum(x**2) + D * vT) / s2 + 0.5 * D * math.log(2 * math.pi * s2))
+
+
+def _tight_integrand(args, x_t, t, x0, eps, alpha, sigma):
+    (model,) = args
+    s = model(x_t, t)
+    return 0.5 * jnp.sum(s**2) + engine.divergence(model, x_t, t)
+
+
+@jax.jit
+def _mixture_logq(q, alpha, var, x):
+    return q._diffuse(alpha, var).log_prob(x)
+
+
+def check_theorem2_tight(
+    q: GaussianMixture, sde: SDE, x, *, seed: int = 0, n_samples: int = 1024, n_panels: int = 8, order: int = 12
+) -> CheckResult:
+    """Song+21 Thm 2, tightness (THEORY.md §2.4, §8 item 8): with s_θ = ∇log q_t and π = q_T,
+
+        L^SM_{[ε,T]}(x | X_ε = x) = −E[log q_T(X_T)|x] + ½∫_ε^T E[g²(2∇·s + ‖s‖²) − 2Df] dt = −log q_ε(x).
+
+    MC over paths X_t = a_t x + b_t ε_i of the SDE started at X_ε = x; exact log q_ε(x).
+    """
+    x = jnp.asarray(x, dtype=jnp.float64)
+    D = x.shape[0]
+    eps_t = sde.t_min
+    key = engine.key_from_seed(seed)
+    eps = jax.random.normal(key, (n_samples, D), dtype=jnp.float64)
+    x0 = jnp.broadcast_to(x, eps.shape)
+    grid = engine.time_grid(sde, eps_t, sde.T, n_panels=n_panels, order=order)
+    a, b = _conditional_paths(sde, x, eps, grid.t, eps_t)
+    model = q.score_fn(sde)
+    vals = engine.eval_on_paths(_tight_integrand, (model,), x0, eps, grid.t, a, b)
+    integral_i = vals @ jnp.asarray(grid.w_g2)
+    f_int = D * float(sde.log_mean_coeff(jnp.asarray(sde.T)) - sde.log_mean_coeff(jnp.asarray(eps_t)))
+    aT, bT = _conditional_paths(sde, x, eps, jnp.asarray(sde.T), eps_t)
+    xT = aT * x + bT * eps
+    aTm, vTm = sde.mean_coeff(jnp.asarray(sde.T)), sde.variance(jnp.asarray(sde.T))
+    logqT = _mixture_logq(q, aTm, vTm, xT)
+    bound_i = -logqT + integral_i - f_int
+    lhs, se = engine.mc_mean(bound_i)
+    rhs = -float(_mixture_logq(q, sde.mean_coeff(jnp.asarray(eps_t)), sde.variance(jnp.asarray(eps_t)), x))
+    return engine.identity(
+        "song_thm2_tight",
+        PAPER,
+        "Thm 2 at exact score, pi = q_T: L_SM(x) = -log q_eps(x)",
+        lhs,
+        rhs,
+        se,
+        settings=dict(sde=type(sde).__name__, D=D, K=q.n_components, n_samples=n_samples, quad_nodes=grid.n,
+                      conditioning="X_eps = x", t_eps=eps_t),
+    )
+
+
+def affine_pointwise_bound(mu, s2, model: AffineModel, sde: SDE, x, *, n_panels: int = 16, order: int = 16):
+    """Closed-form L^SM_{[ε,T]}(x | X_ε = x) for the affine model with the SDE prior (Song+21 Thm 2)."""
+    x = jnp.asarray(x, dtype=jnp.float64).reshape(-1)
+    eps_t = sde.t_min
+    grid = engine.time_grid(sde, eps_t, sde.T, n_panels=n_panels, order=order)
+    t = jnp.asarray(grid.t)
+    a, b = _conditional_paths(sde, x, None, t, eps_t)
+    mh, vh = jax.vmap(lambda tt: model.params(sde, tt))(t)
+    m = a[:, None] * x
+    v = (b**2)[:, None] * jnp.ones_like(x)
+    e_s2 = jnp.sum(quad_moment(-1.0 / vh, mh / vh, -1.0 / vh, mh / vh, m, v), -1)
+    div = -jnp.sum(1.0 / vh, -1)
+    integral = float(jnp.asarray(grid.w_g2) @ (0.5 * e_s2 + div))
+    D = x.shape[0]
+    f_int = D * float(sde.log_mean_coeff(jnp.asarray(sde.T)) - sde.log_mean_coeff(jnp.asarray(eps_t)))
+    aT, bT = _conditional_paths(sde, x, None, jnp.asarray(sde.T), eps_t)
+    s2p = float(sde.prior_std) ** 2
+    prior = float(0.5 * (aT**2 * jnp.sum(x**2) + D * bT**2) / s2p + 0.5 * D * math.log(2 * math.pi * s2p))
+    return prior + integral - f_int
+
+
+def _gauss_nll(x, m, w):
+    x, m, w = (np.asarray(z, dtype=np.float64).reshape(-1) for z in (x, m, w))
+    return float(0.5 * np.sum((x - m) ** 2 / w + np.log(2 * np.pi * w)))
+
+
+def check_theorem2_affine(mu, s2, model: AffineModel, sde: SDE, x) -> list[CheckResult]:
+    """Song+21 Thm 2 pointwise: −log p^SDE_ε(x) ≤ L^SM(x), exact on the affine family; also reports
+    the ODE model's −log p^ODE_ε(x) at the same x (settings)."""
+    s = affine_summary(mu, s2, model, sde)
+    bound = affine_pointwise_bound(mu, s2, model, sde, x)
+    nll_sde = _gauss_nll(x, *s.sde_law)
+    nll_ode = _gauss_nll(x, *s.ode_law)
+    return [
+        engine.inequality(
+            "song_thm2_pointwise_affine",
+            PAPER,
+            "Thm 2: -log p_SDE(x) <= L_SM(x)",
+            nll_sde,
+            bound,
+            0.0,
+            atol=1e-7,
+            settings=dict(sde=type(sde).__name__, x=np.asarray(x).tolist(), nll_ode=nll_ode,
+                          method="closed form (affine family), conditioning X_eps = x"),
+        )
+    ]
+
+
+def check_ode_vs_sde_bound_affine(mu, s2, model: AffineModel, sde: SDE) -> CheckResult:
+    """Lu+22's point for Song+21 Thm 2: the ODE model's NLL can exceed the SDE bound,
+    E_q[L^SM] = H(q_ε) + KL(q_T‖π) + J_SM < E_q[−log p^ODE_ε] when J_Diff > 0 (closed form).
+    Written as lhs = E[bound] ≤ rhs = E[ODE NLL]; ``significant`` means the ODE NLL exceeds it."""
+    s = affine_summary(mu, s2, model, sde)
+    return engine.inequality(
+        "song_bound_below_ode_nll",
+        PAPER + " / Lu+22",
+        "E_q[L_SM] = H + KL_T + J_SM <= E_q[-log p_ODE] (when J_Diff > 0)",
+        s.entropy + s.kl_T + s.J_SM,
+        s.nll_ode,
+        0.0,
+        atol=1e-8,
+        settings=dict(sde=type(sde).__name__, J_Diff=s.J_Diff, nll_sde=s.nll_sde,
+                      method="closed form (affine family)"),
+    )
+
+
+# --- ε-truncation offset (THEORY.md §2.7) ------------------------------------------------------
+
+
+def _dsm_integrand(args, x_t, t, x0, eps, alpha, sigma):
+    (model,) = args
+    s = model(x_t, t)
+    return 0.5 * jnp.sum(jnp.square(s + eps / sigma))
+
+
+def check_eps_offset_bound(
+    q: GaussianMixture, model, sde: SDE, *, seed: int = 0, n_samples: int = 2048, n_panels: int = 8, order: int = 12
+) -> CheckResult:
+    """Song+21 ε-offset bound (score_flow bound_likelihood; THEORY.md §2.7), in expectation over x ~ q_0:
+
+        H(q_0) = E[−log q_0(x)] ≤ E[ L^DSM_{[ε,T]}(x) + E(−log N(x; m̂(x_ε), σ_ε²/α_ε² I)) − (D/2) log(2πe σ_ε²) ]
+
+    with the Tweedie decoder m̂ = (x_ε + σ_ε² s_θ(x_ε, ε))/α_ε and the SDE prior. Holds for any model
+    (it is −ELBO of the decoder model); nearly tight at the exact score. MC with CRN and the
+    mean-zero control variate ½(‖ε‖² − D)Σ w_j/σ_j².
+    """
+    key = engine.key_from_seed(seed)
+    k0, k1 = jax.random.split(key)
+    x0 = q.sample(k0, n_samples)
+    eps = jax.random.normal(k1, x0.shape, dtype=x0.dtype)
+    D = q.dim
+    t_e = sde.t_min
+    grid = engine.time_grid(sde, t_e, sde.T, n_panels=n_panels, order=order)
+    alpha, sigma, _, _ = engine.grid_coeffs(sde, grid.t)
+    w = jnp.asarray(grid.w_g2)
+    diff_i = engine.eval_on_paths(_dsm_integrand, (model,), x0, eps, grid.t, alpha, sigma) @ w
+    diff_i = diff_i - 0.5 * (jnp.sum(eps**2, -1) - D) * jnp.sum(w / sigma**2)
+    a_e, s_e = sde.mean_coeff(jnp.asarray(t_e)), sde.std(jnp.asarray(t_e))
+    aT, sT = sde.mean_coeff(jnp.asarray(sde.T)), sde.std(jnp.asarray(sde.T))
+    const = 0.5 * D * float(jnp.log(sT**2 / s_e**2))
+    xT = aT * x0 + sT * eps
+    prior = -jax.vmap(sde.prior_log_prob)(xT)
+    x_e = a_e * x0 + s_e * eps
+    s_at = jax.vmap(lambda z: model(z, jnp.asarray(t_e)))(x_e)
+    m_hat = (x_e + s_e**2 * s_at) / a_e
+    dec_var = (s_e / a_e) ** 2
+    dec = 0.5 * jnp.sum((x0 - m_hat) ** 2, -1) / dec_var + 0.5 * D * jnp.log(2 * jnp.pi * dec_var)
+    ent = 0.5 * D * jnp.log(2 * jnp.pi * jnp.e * s_e**2)
+    bound_i = prior + diff_i - const + dec - ent
+    nll_i = -q.log_prob(x0)
+    lhs, rhs, se = engine.paired(nll_i, bound_i)
+    return engine.inequality(
+        "song_eps_offset_bound",
+        PAPER,
+        "E_q[-log q0] <= E_q[L_DSM[eps,T] + decoder - H(q_0eps)]",
+        lhs,
+        rhs,
+        se,
+        settings=dict(sde=type(sde).__name__, D=D, K=q.n_components, n_samples=n_samples, t_eps=t_e,
+                      quad_nodes=grid.n, decoder="Tweedie N(x; m_hat, sigma^2/alpha^2)"),
+    )

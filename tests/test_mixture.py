@@ -1,0 +1,162 @@
+"""numerics.mixture against independent computations: scipy densities, finite differences, closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import special, stats
+
+import numerics
+from numerics import strategies as nst
+
+
+def _scipy_log_prob(weights, means, covs, x):
+    """log Σ π_k N(x; μ_k, C_k) with scipy (Cholesky inside scipy), independent of the eigenbasis code."""
+    comps = np.stack([stats.multivariate_normal(means[k], covs[k]).logpdf(x) for k in range(len(weights))], -1)
+    return special.logsumexp(comps + np.log(weights), axis=-1)
+
+
+def _points(mixture, seed, n=6):
+    rng = np.random.default_rng(seed)
+    return np.asarray(mixture.sample(jax.random.key(seed), n)) + 0.5 * rng.normal(size=(n, mixture.dim))
+
+
+@given(nst.mixture_params(max_dim=4, max_components=4), nst.sdes(kinds=nst.SDE_KINDS), st.floats(0.0, 1.0))
+def test_diffused_log_prob_matches_scipy(params, sde, u):
+    """q_t = Σ π_k N(α_t μ_k, α_t² Σ_k + σ_t² I) (THEORY.md §6.3), against scipy on the same parameters."""
+    w, mu, cov = params
+    t = u * sde.T
+    a, v = float(sde.mean_coeff(t)), float(sde.variance(t))
+    mix = numerics.GaussianMixture(w, mu, cov)
+    x = _points(mix.diffuse(sde, t), 1)
+    expected = _scipy_log_prob(w, a * mu, a * a * cov + v * np.eye(mix.dim), x)
+    np.testing.assert_allclose(np.asarray(mix.diffuse(sde, t).log_prob(x)), expected, rtol=1e-10, atol=1e-10)
+
+
+def _fd_grad(f, x, h):
+    """Fourth-order central differences of a scalar- or vector-valued f at one point x (D,)."""
+    cols = []
+    for i in range(x.shape[0]):
+        e = np.zeros_like(x)
+        e[i] = h
+        cols.append((-f(x + 2 * e) + 8 * f(x + e) - 8 * f(x - e) + f(x - 2 * e)) / (12 * h))
+    return np.stack(cols, axis=-1)
+
+
+@given(nst.mixtures(max_dim=4, max_components=4), nst.sdes(), st.floats(0.0, 1.0), st.integers(0, 100))
+def test_derivatives_match_finite_differences(mixture, sde, u, seed):
+    """Score, Hessian and ∇Δ log q (Lu et al. 2022's third-order object) against finite differences."""
+    q = mixture.diffuse(sde, u * sde.T)
+    x = _points(q, seed, n=2)
+    scale = float(jnp.sqrt(jnp.min(q.eigvals)))
+    h = 1e-3 * scale
+    lp = lambda z: np.asarray(q.log_prob(jnp.asarray(z)))  # noqa: E731
+    for xi in x:
+        s = np.asarray(q.score(xi))
+        H = np.asarray(q.hessian(xi))
+        gl = np.asarray(q.grad_laplacian(xi))
+        s_fd = _fd_grad(lp, xi, h)
+        H_fd = _fd_grad(lambda z: np.asarray(q.score(jnp.asarray(z))), xi, h)
+        gl_fd = _fd_grad(lambda z: np.trace(np.asarray(q.hessian(jnp.asarray(z)))), xi, h)
+        tol = lambda ref: 1e-6 * (1.0 + np.max(np.abs(ref)))  # noqa: E731
+        np.testing.assert_allclose(s, s_fd, atol=tol(s_fd))
+        np.testing.assert_allclose(H, H_fd, atol=tol(H_fd))
+        np.testing.assert_allclose(H, H.T, atol=1e-12 * (1 + np.max(np.abs(H))))
+        np.testing.assert_allclose(gl, gl_fd, atol=1e-5 * (1.0 + np.max(np.abs(gl_fd))))
+
+
+@given(nst.mixture_params(max_dim=4, max_components=1, min_components=1), nst.sdes(), st.floats(0.0, 1.0))
+def test_single_gaussian_closed_forms(params, sde, u):
+    """K = 1 (THEORY.md §6.1): score −C⁻¹(x − m), Hessian −C⁻¹, ∇Δ log q = 0, posterior N(μ + αΣC⁻¹(x − m), Σ − α²ΣC⁻¹Σ)."""
+    w, mu, cov = params
+    t = max(u, 1e-3) * sde.T
+    a, v = float(sde.mean_coeff(t)), float(sde.variance(t))
+    mix = numerics.GaussianMixture(w, mu, cov)
+    C = a * a * cov[0] + v * np.eye(mix.dim)
+    P = np.linalg.inv(C)
+    x = _points(mix.diffuse(sde, t), 3, n=3)
+    np.testing.assert_allclose(mix.diffuse(sde, t).score(x), -(x - a * mu[0]) @ P.T, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(mix.diffuse(sde, t).hessian(x), np.broadcast_to(-P, (3, *P.shape)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(mix.diffuse(sde, t).grad_laplacian(x), 0.0, atol=1e-9 * np.max(np.abs(P)) ** 2)
+    weights, means, covs = mix.posterior(sde, t, x)
+    S = cov[0]
+    np.testing.assert_allclose(weights, 1.0)
+    np.testing.assert_allclose(means[:, 0], mu[0] + (x - a * mu[0]) @ (a * S @ P).T, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(covs[0], S - a * a * S @ P @ S, rtol=1e-7, atol=1e-9)
+
+
+@given(nst.mixtures(max_dim=3, max_components=3), nst.sdes(), st.floats(0.05, 1.0))
+def test_posterior_mean_is_tweedie(mixture, sde, u):
+    """Σ_k w_k m_k (exact posterior, THEORY.md §6.3) = (x + σ² ∇log q_t)/α (Tweedie)."""
+    t = u * sde.T
+    x = _points(mixture.diffuse(sde, t), 5, n=4)
+    w, m, _ = mixture.posterior(sde, t, x)
+    np.testing.assert_allclose(np.einsum("bk,bkd->bd", w, m), mixture.denoiser(sde, t, x), rtol=1e-8, atol=1e-8)
+
+
+def test_sample_moments():
+    """Sample mean and covariance agree with the mixture's moments within 4 standard errors."""
+    w = np.array([0.2, 0.5, 0.3])
+    mu = np.array([[0.0, 1.0], [2.0, -1.0], [-1.5, 0.5]])
+    cov = np.array([np.eye(2) * 0.5, [[1.0, 0.6], [0.6, 0.8]], [[0.3, -0.1], [-0.1, 0.2]]])
+    mix = numerics.GaussianMixture(w, mu, cov)
+    n = 200_000
+    x = np.asarray(mix.sample(jax.random.key(3), n))
+    mean = w @ mu
+    second = np.einsum("k,kij->ij", w, cov + np.einsum("ki,kj->kij", mu, mu))
+    full_cov = second - np.outer(mean, mean)
+    se = np.sqrt(np.diag(full_cov) / n)
+    assert np.all(np.abs(x.mean(0) - mean) < 4 * se)
+    np.testing.assert_allclose(np.cov(x.T), full_cov, atol=0.02)
+
+
+def test_component_and_diagonal_constructors():
+    mix = numerics.GaussianMixture.from_diagonal([0.4, 0.6], [-1.0, 2.0], [0.5, 0.25])
+    assert mix.dim == 1 and mix.n_components == 2
+    x = np.array([[0.3], [1.9]])
+    expected = special.logsumexp(
+        np.stack([np.log(0.4) + stats.norm(-1, np.sqrt(0.5)).logpdf(x[:, 0]), np.log(0.6) + stats.norm(2, 0.5).logpdf(x[:, 0])]),
+        axis=0,
+    )
+    np.testing.assert_allclose(mix.log_prob(x), expected, rtol=1e-12)
+    np.testing.assert_allclose(mix.covariances[:, 0, 0], [0.5, 0.25], rtol=1e-12)
+
+
+def test_jit_and_vmap_friendly():
+    mix = numerics.GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], [np.eye(2), 2 * np.eye(2)])
+    sde = numerics.VPSDE()
+    f = jax.jit(lambda m, t, x: m.diffuse(sde, t).score(x))
+    x = jnp.ones((3, 2))
+    np.testing.assert_allclose(f(mix, 0.3, x), mix.diffuse(sde, 0.3).score(x), rtol=1e-12)
+    ts = jnp.array([0.1, 0.5, 0.9])
+    batched = jax.vmap(lambda t, xi: mix.score_fn(sde)(xi, t))(ts, x)
+    np.testing.assert_allclose(batched[1], mix.diffuse(sde, 0.5).score(x[1]), rtol=1e-12)
+    assert mix.log_prob(x).dtype == jnp.float64
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(weights=[0.5, 0.6]), "weights must sum to 1"),
+        (dict(weights=[1.2, -0.2]), "weights must be non-negative"),
+        (dict(weights=[0.5, np.nan]), "weights contains NaN"),
+        (dict(means=[[0.0, 0.0]]), r"means must have shape \(K, D\)"),
+        (dict(means=[[0.0, np.inf], [1.0, 1.0]]), "means contains NaN"),
+        (dict(covariances=np.stack([np.eye(2), [[1.0, 0.5], [0.0, 1.0]]])), r"covariances\[1\] is not symmetric"),
+        (dict(covariances=np.stack([np.eye(2), [[1.0, 2.0], [2.0, 1.0]]])), r"covariances\[1\] is not positive definite"),
+        (dict(covariances=np.eye(2)[None]), r"covariances must have shape \(K, D, D\)"),
+    ],
+)
+def test_bad_parameters_raise(kwargs, match):
+    args = dict(weights=[0.5, 0.5], means=[[0.0, 0.0], [1.0, 1.0]], covariances=np.stack([np.eye(2)] * 2))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        numerics.GaussianMixture(**args)
+
+
+def test_diffuse_outside_time_range_raises():
+    mix = numerics.GaussianMixture([1.0], [[0.0]], [[[1.0]]])
+    with pytest.raises(ValueError, match="t must lie in"):
+        mix.diffuse(numerics.VPSDE(), -0.1)

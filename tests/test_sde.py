@@ -1,0 +1,146 @@
+"""numerics.sde: kernels against their defining ODEs, quadrature of the general formula, and references."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import integrate, stats
+
+import numerics
+from numerics import strategies as nst
+
+ALL_KINDS = nst.SDE_KINDS
+
+
+def _d(fn, t):
+    return jax.grad(lambda u: fn(u))(jnp.asarray(t, jnp.float64))
+
+
+@given(nst.sdes(kinds=ALL_KINDS), st.floats(0.0, 1.0))
+def test_kernel_solves_its_odes(sde, u):
+    """dα/dt = f α, dσ²/dt = 2 f σ² + g², and g²/σ² = −d log SNR/dt (THEORY.md §1.1, Eq. 1.1)."""
+    t = 1e-4 + u * (sde.T - 1e-4)
+    f, g2 = float(sde.drift_coeff(t)), float(sde.diffusion_sq(t))
+    a, v = float(sde.mean_coeff(t)), float(sde.variance(t))
+    assert float(_d(sde.mean_coeff, t)) == pytest.approx(f * a, rel=1e-9, abs=1e-12)
+    assert float(_d(sde.variance, t)) == pytest.approx(2 * f * v + g2, rel=1e-8, abs=1e-12)
+    assert -float(_d(sde.log_snr, t)) == pytest.approx(g2 / v, rel=1e-8)
+    assert float(sde.log_snr_derivative(t)) == pytest.approx(-g2 / v, rel=1e-10)
+    assert float(sde.log_snr(t)) == pytest.approx(math.log(a * a / v), rel=1e-9, abs=1e-9)
+
+
+@given(nst.sdes(kinds=("vp", "subvp", "ve")), st.floats(0.01, 1.0))
+def test_kernel_matches_quadrature_of_general_formula(sde, t):
+    """α_t = exp ∫_0^t f,  σ_t² = α_t² ∫_0^t g²/α_u² du: an independent computation by scipy.quad."""
+    f = lambda u: float(sde.drift_coeff(u))  # noqa: E731
+    log_a = integrate.quad(f, 0.0, t, epsabs=1e-13, epsrel=1e-12)[0]
+    a2 = lambda u: math.exp(2 * integrate.quad(f, 0.0, u, epsabs=1e-13, epsrel=1e-12)[0])  # noqa: E731
+    var = math.exp(2 * log_a) * integrate.quad(lambda u: float(sde.diffusion_sq(u)) / a2(u), 0.0, t, epsrel=1e-10)[0]
+    assert float(sde.log_mean_coeff(t)) == pytest.approx(log_a, rel=1e-9, abs=1e-12)
+    assert float(sde.variance(t)) == pytest.approx(var, rel=1e-7)
+
+
+def test_initial_conditions():
+    for sde in (numerics.VPSDE(), numerics.SubVPSDE(), numerics.VESDE()):
+        assert float(sde.mean_coeff(0.0)) == 1.0
+        assert float(sde.variance(0.0)) == 0.0
+    ve = numerics.VESDE(kernel="score_sde")
+    assert float(ve.std(0.0)) == pytest.approx(0.01, rel=1e-14)  # σ(0) = σ_min: not a kernel from t = 0
+    vdm = numerics.LogSNRSDE()
+    for t in (0.0, 0.5, 1.0):
+        assert float(vdm.mean_coeff(t) ** 2 + vdm.variance(t)) == pytest.approx(1.0, abs=1e-14)
+    assert float(vdm.log_snr(0.0)) == pytest.approx(13.3, abs=1e-12)
+    assert float(vdm.log_snr(1.0)) == pytest.approx(-5.0, abs=1e-12)
+
+
+# THEORY.md §1.2 reference values (double precision).
+@pytest.mark.parametrize(
+    "sde, log_snr_eps, log_snr_1, z",
+    [
+        (numerics.VPSDE(t_min=1e-5), 13.81451555215112, -10.04995681331841, 23.86447236546953),
+        (numerics.VPSDE(t_min=1e-3), 9.115429865459795, -10.04995681331841, 19.1653866787782),
+        (numerics.SubVPSDE(t_min=1e-5), 27.62903210529724, -10.04991362663682, 37.67894573193405),
+        (numerics.SubVPSDE(t_min=1e-2), None, -10.04991362663682, 22.48413575224870),
+        (numerics.VESDE(t_min=1e-5), 17.88794663430798, -7.824045970856291, 25.71199260516427),
+        (numerics.VESDE(kernel="score_sde", t_min=1e-5), None, None, 2 * math.log(5000) * (1 - 1e-5)),
+    ],
+)
+def test_reference_log_snr_values(sde, log_snr_eps, log_snr_1, z):
+    if log_snr_eps is not None:
+        assert float(sde.log_snr(sde.t_min)) == pytest.approx(log_snr_eps, rel=1e-13)
+    if log_snr_1 is not None:
+        assert float(sde.log_snr(1.0)) == pytest.approx(log_snr_1, rel=1e-13)
+    assert float(sde.importance_normaliser()) == pytest.approx(z, rel=1e-13)
+
+
+def test_vp_reference_kernel_at_T():
+    sde = numerics.VPSDE()
+    assert float(sde.mean_coeff(1.0)) == pytest.approx(0.006571586494929615, rel=1e-14)
+    assert float(sde.variance(1.0)) == pytest.approx(0.9999568142509397, rel=1e-14)
+
+
+@given(nst.sdes(kinds=ALL_KINDS), st.floats(1e-12, 1.0 - 1e-12))
+def test_importance_inverse_cdf_round_trip(sde, u):
+    """The closed-form inverse of the IS CDF (THEORY.md §2.6) round-trips."""
+    t = sde.importance_inverse_cdf(u)
+    assert sde.t_min - 1e-12 <= float(t) <= sde.T + 1e-12
+    assert float(sde.importance_cdf(t)) == pytest.approx(u, abs=1e-10)
+
+
+@given(nst.sdes(kinds=("vp", "subvp", "ve", "logsnr")), st.floats(0.05, 0.95))
+def test_importance_cdf_matches_quadrature(sde, t):
+    """CDF(t) = ∫_{t_min}^t (g²/σ²) / ∫_{t_min}^T (g²/σ²), by quadrature in log t."""
+    t0 = max(sde.t_min, 1e-4)
+    dens = lambda s: float(sde.diffusion_sq(math.exp(s)) / sde.variance(math.exp(s))) * math.exp(s)  # noqa: E731
+    num = integrate.quad(dens, math.log(t0), math.log(t), epsrel=1e-11, limit=200)[0]
+    den = integrate.quad(dens, math.log(t0), math.log(sde.T), epsrel=1e-11, limit=200)[0]
+    assert float(sde.importance_cdf(t, t_min=t0)) == pytest.approx(num / den, rel=1e-8)
+
+
+def test_importance_samples_follow_the_density():
+    """Kolmogorov–Smirnov test of importance_sample_t against the CDF (fixed seed)."""
+    sde = numerics.VPSDE(t_min=1e-3)
+    t = np.asarray(sde.importance_sample_t(jax.random.key(0), (20000,)))
+    res = stats.kstest(t, lambda s: np.asarray(sde.importance_cdf(jnp.asarray(s))))
+    assert res.pvalue > 1e-3
+    assert t.min() >= 1e-3 and t.max() <= 1.0
+
+
+def test_prior():
+    for sde in (numerics.VPSDE(), numerics.VESDE(sigma_max=7.0)):
+        x = jnp.array([[0.3, -1.2], [2.0, 0.5]])
+        expected = stats.norm(0, sde.prior_std).logpdf(np.asarray(x)).sum()
+        assert float(sde.prior_log_prob(x)) == pytest.approx(expected, rel=1e-12)
+        s = sde.prior_sample(jax.random.key(1), (50000,))
+        assert float(jnp.std(s)) == pytest.approx(sde.prior_std, rel=0.02)
+
+
+def test_bad_parameters_raise():
+    with pytest.raises(ValueError, match="beta_min"):
+        numerics.VPSDE(beta_min=-0.1)
+    with pytest.raises(ValueError, match="beta_max"):
+        numerics.VPSDE(beta_min=1.0, beta_max=0.5)
+    with pytest.raises(ValueError, match="sigma_max"):
+        numerics.VESDE(sigma_min=1.0, sigma_max=0.5)
+    # a Literal hint: under the tests' runtime type checking, the checker names the argument first
+    with pytest.raises((ValueError, TypeError), match="kernel"):
+        numerics.VESDE(kernel="song")
+    with pytest.raises(ValueError, match="t_min"):
+        numerics.VPSDE(t_min=0.0)
+    with pytest.raises(ValueError, match="T must be"):
+        numerics.VPSDE(t_min=0.5, T=0.1)
+
+
+def test_time_outside_range_raises():
+    sde = numerics.VPSDE()
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        numerics.check_time(sde, 1.5)
+    with pytest.raises(ValueError, match="NaN"):
+        numerics.check_time(sde, jnp.array([0.1, jnp.nan]))
+    # traced: raises at run time inside jit
+    with pytest.raises(Exception, match="must lie in"):
+        jax.block_until_ready(jax.jit(lambda t: numerics.check_time(sde, t))(jnp.float64(-0.2)))
