@@ -1,0 +1,6 @@
+"""Score networks (equinox): residual MLP for low-dimensional data, DDPM++ U-Net for images."""
+
+from training.networks.ddpmpp import DDPMpp, count_params
+from training.networks.mlp import MLPScoreNet
+
+__all__ = ["MLPScoreNet", "DDPMpp", "count_params"]

@@ -1,0 +1,404 @@
+"""Training state, the jit-compiled sharded step, and the training loop.
+
+Objective: the weighted denoising score-matching loss of Song, Durkan, Murray & Ermon 2021 (Eq. 7;
+THEORY.md §2.2, §2.6) from :mod:`numerics.losses` — ``numerics.sample_time`` draws t (uniform, or
+p(t) ∝ g²/σ² by the exact inverse CDF), ``numerics.dsm_loss_terms`` evaluates the per-example
+terms; this module adds only the network, data, optimiser and I/O. Networks predict the noise ε̂;
+the score is s_θ = −ε̂/σ_t (``parameterisation="eps"``).
+
+Dtypes: importing :mod:`numerics` turns on ``jax_enable_x64``; everything here is explicitly
+float32 (parameters, data, t, ε, optimiser state, EMA), with optional bfloat16 compute.
+
+Determinism: the step key is ``fold_in(base_key, step)`` and the data order is a pure function
+of (seed, step), so a run resumed from a checkpoint reproduces an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+import numerics
+from training import sharding as shd
+from training.checkpoint import Checkpointer
+from training.configs import Config, config_to_dict
+from training.data import make_stream
+from training.metrics import MetricsWriter
+from training.networks import DDPMpp, MLPScoreNet
+
+__all__ = [
+    "TrainState",
+    "NonFiniteLossError",
+    "build_sde",
+    "build_model",
+    "build_optimizer",
+    "init_state",
+    "make_loss_fn",
+    "make_train_step",
+    "train",
+    "load_state",
+]
+
+F32 = jnp.float32
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a step produces a NaN/inf loss or gradient norm; the last good checkpoint is kept."""
+
+
+class TrainState(eqx.Module):
+    """Everything a checkpoint holds: step, float32 parameters, their EMA and the optimiser state."""
+
+    step: Int[Array, ""]
+    params: PyTree
+    ema: PyTree
+    opt_state: PyTree
+
+
+# --- builders -------------------------------------------------------------------------------
+
+
+def build_sde(c) -> numerics.SDE:
+    """The numerics SDE of an :class:`SDEConfig`."""
+    kw = {} if c.t_min is None else {"t_min": c.t_min}
+    if c.name == "vp":
+        return numerics.VPSDE(c.beta_min, c.beta_max, T=c.T, **kw)
+    if c.name == "subvp":
+        return numerics.SubVPSDE(c.beta_min, c.beta_max, T=c.T, **kw)
+    if c.name == "ve":
+        return numerics.VESDE(c.sigma_min, c.sigma_max, kernel=c.ve_kernel, T=c.T, **kw)
+    raise ValueError(f"unknown SDE {c.name!r}; choose vp, subvp or ve.")
+
+
+def build_model(c, event_shape: tuple[int, ...], key: PRNGKeyArray) -> eqx.Module:
+    """The noise-prediction network of a :class:`ModelConfig` for examples of ``event_shape``."""
+    if c.name == "mlp":
+        if len(event_shape) != 1:
+            raise ValueError(f"the MLP needs vector data of shape (D,); got examples of shape {event_shape}.")
+        return MLPScoreNet(event_shape[0], c.width, c.depth, c.temb_dim, key=key)
+    if c.name == "ddpmpp":
+        if len(event_shape) != 3:
+            raise ValueError(f"DDPM++ needs images of shape (C, H, W); got examples of shape {event_shape}.")
+        return DDPMpp(
+            tuple(event_shape),
+            nf=c.nf,
+            ch_mult=tuple(c.ch_mult),
+            num_res_blocks=c.num_res_blocks,
+            attn_resolutions=tuple(c.attn_resolutions),
+            dropout=c.dropout,
+            embedding=c.embedding,
+            fourier_scale=c.fourier_scale,
+            key=key,
+        )
+    raise ValueError(f"unknown model {c.name!r}; choose mlp or ddpmpp.")
+
+
+def build_optimizer(c) -> tuple[optax.GradientTransformation, Callable]:
+    """Adam with linear warm-up lr·min(step/warmup, 1) and global-norm clipping (score_sde's
+    ``optimization_manager``); the schedule is float32 by construction."""
+    lr, warmup = float(c.lr), int(c.warmup)
+
+    def schedule(count):
+        count = jnp.asarray(count).astype(F32)
+        return jnp.asarray(lr, F32) * (jnp.minimum(count / warmup, 1.0) if warmup > 0 else jnp.ones((), F32))
+
+    parts = []
+    if c.grad_clip and c.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(float(c.grad_clip)))
+    parts.append(optax.adam(schedule, b1=c.beta1, b2=c.beta2, eps=c.eps))
+    return optax.chain(*parts), schedule
+
+
+def init_state(cfg: Config, event_shape: tuple[int, ...]) -> tuple[TrainState, Any, optax.GradientTransformation, Callable]:
+    """(state, static part of the model, optimiser, lr schedule); parameters from ``seed``."""
+    tx, schedule = build_optimizer(cfg.optim)
+    model_cfg = cfg.model
+
+    def make(seed):
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED)
+        model = build_model(model_cfg, event_shape, key)
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        params = jax.tree.map(lambda a: a.astype(F32), params)
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, ema=jax.tree.map(jnp.copy, params), opt_state=tx.init(params)
+        )
+        return state, static
+
+    # one compiled initialiser instead of dozens of eager ops, each compiled separately
+    state, static = eqx.filter_jit(make)(cfg.train.seed)
+    return state, static, tx, schedule
+
+
+# --- loss -----------------------------------------------------------------------------------
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
+
+
+def make_loss_fn(static, sde: numerics.SDE, cfg: Config, *, train: bool = True):
+    """loss(params, x0, key) → (mean weighted DSM loss, (per-example terms, t)).
+
+    t from ``numerics.sample_time`` and ε ~ N(0, I) in float32; terms from
+    ``numerics.dsm_loss_terms(..., parameterisation="eps")`` (Song et al. 2021, Eq. 7, with the
+    constants that make the expectation equal J_DSM over [t_min, T]). Dropout, when ``train``,
+    uses a per-example key derived from the step key and the example's t (dsm_loss_terms vmaps
+    the model over (x_t, t) only).
+    """
+    weighting = cfg.loss.weighting
+    t_min = sde.t_min
+    compute = jnp.bfloat16 if cfg.model.compute_dtype == "bfloat16" else F32
+
+    def loss_fn(params, x0: Float[Array, "batch *event"], key: PRNGKeyArray):
+        k_t, k_eps, k_drop = jax.random.split(key, 3)
+        batch = x0.shape[0]
+        t = numerics.sample_time(sde, k_t, (batch,), weighting, t_min=t_min, dtype=F32)
+        eps = jax.random.normal(k_eps, x0.shape, dtype=F32)
+        model = eqx.combine(_cast_floats(params, compute) if compute != F32 else params, static)
+
+        def eps_model(x_t, t_i):
+            drop_key = None
+            if train:
+                drop_key = jax.random.fold_in(k_drop, jax.lax.bitcast_convert_type(t_i.astype(F32), jnp.uint32))
+            return model(x_t.astype(compute), t_i.astype(F32), key=drop_key).astype(F32)
+
+        terms = numerics.dsm_loss_terms(
+            eps_model, sde, x0.astype(F32), t, eps, weighting, parameterisation="eps", t_min=t_min
+        )
+        return jnp.mean(terms), (terms, t)
+
+    return loss_fn
+
+
+# --- step -----------------------------------------------------------------------------------
+
+
+def make_train_step(static, sde, stream, tx, schedule, cfg: Config, mesh=None):
+    """The pure step (state, raw batch, base key) → (state, metrics); jit it with :func:`jit_step`.
+
+    Metrics: ``loss`` (batch mean of the weighted DSM terms, an unbiased estimate of J_DSM),
+    ``loss_se`` (its standard error), per-term values ``eps_mse_{low,mid,high}_noise`` (mean of
+    ½‖ε − ε̂‖²/D over the examples whose t falls in the lowest, middle and highest third of the
+    importance CDF, i.e. of log-SNR), ``grad_norm`` (before clipping) and ``lr``.
+    """
+    loss_fn = make_loss_fn(static, sde, cfg, train=True)
+    rate = float(cfg.optim.ema_rate)
+    global_batch = int(cfg.train.batch_size)
+    bsh = shd.batch_sharding(mesh) if mesh is not None else None
+
+    def step(state: TrainState, raw, base_key: PRNGKeyArray):
+        key = jax.random.fold_in(base_key, state.step)
+        k_data, k_loss = jax.random.split(key)
+        x0 = stream.device_prepare(raw, k_data, global_batch)
+        if bsh is not None:
+            x0 = jax.lax.with_sharding_constraint(x0, bsh)
+        (loss, (terms, t)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x0, k_loss)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        params = jax.tree.map(lambda p, old: p.astype(old.dtype), params, state.params)
+        ema = jax.tree.map(lambda e, p: (rate * e + (1.0 - rate) * p).astype(e.dtype), state.ema, params)
+        # per-term values: unweighted ½‖ε − ε̂‖²/D by thirds of log-SNR
+        d = math.prod(x0.shape[1:])
+        raw_sq = terms / numerics.time_weight(sde, t, cfg.loss.weighting, t_min=sde.t_min) / d
+        u = sde.importance_cdf(t, sde.t_min)
+        metrics = {
+            "loss": loss,
+            "loss_se": jnp.std(terms) / jnp.sqrt(jnp.asarray(terms.shape[0], F32)),
+            "grad_norm": optax.global_norm(grads),
+            "lr": schedule(state.step),
+        }
+        for name, lo, hi in (("low_noise", 0.0, 1 / 3), ("mid_noise", 1 / 3, 2 / 3), ("high_noise", 2 / 3, 1.01)):
+            m = ((u >= lo) & (u < hi)).astype(F32)
+            metrics[f"eps_mse_{name}"] = jnp.sum(m * raw_sq) / jnp.maximum(jnp.sum(m), 1.0)
+        metrics = {k: v.astype(F32) for k, v in metrics.items()}
+        return TrainState(state.step + 1, params, ema, opt_state), metrics
+
+    return step
+
+
+def jit_step(step, mesh):
+    rep = shd.replicated(mesh)
+    return jax.jit(step, out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+# --- loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    state: TrainState
+    static: Any
+    stopped_by_signal: bool
+    last_checkpoint: int | None
+
+
+def _config_identity(d: dict) -> dict:
+    """The parts of a config dict that must not change across a resume (JSON-normalised)."""
+    d = json.loads(json.dumps(d))
+    d.pop("name", None)
+    d.pop("distributed", None)
+    for k in ("num_steps", "log_every", "ckpt_every", "keep", "progress"):
+        d["train"].pop(k, None)
+    d["data"].pop("data_dir", None)
+    return d
+
+
+class _SigtermFlag:
+    def __init__(self):
+        self.hit = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not in the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.hit = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _check_finite(step: int, metrics: dict, ckpt: Checkpointer) -> None:
+    loss = float(metrics["loss"])
+    gnorm = float(metrics["grad_norm"])
+    if not (math.isfinite(loss) and math.isfinite(gnorm)):
+        ckpt.wait()
+        last = ckpt.latest_step()
+        where = f"the last good checkpoint (step {last}) is intact" if last is not None else "no checkpoint was written yet"
+        raise NonFiniteLossError(
+            f"non-finite training loss at step {step} (loss={loss}, grad_norm={gnorm}); stopping. {where}. "
+            "Lower optim.lr, check the data, or raise sde.t_min."
+        )
+
+
+def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=print) -> RunResult:
+    """Run (or continue) training as configured; see the module docstring."""
+    shd.maybe_initialize_distributed(cfg.distributed)
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    mesh = shd.make_mesh()
+    n_dev = mesh.devices.size
+    B = int(cfg.train.batch_size)
+    if B % n_dev:
+        raise ValueError(f"train.batch_size={B} must be divisible by the number of devices ({n_dev}).")
+
+    sde = build_sde(cfg.sde)
+    stream = make_stream(cfg.data, B, cfg.train.seed, jax.process_index(), jax.process_count())
+    state, static, tx, schedule = init_state(cfg, tuple(stream.event_shape))
+    state = jax.device_put(state, shd.replicated(mesh))
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep, every=cfg.train.ckpt_every)
+    cfg_path = os.path.join(workdir, "config.json")
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+        raise FileExistsError(
+            f"{workdir} already holds checkpoints (latest step {latest}); pass --resume to continue, or use a new --workdir."
+        )
+    if latest is not None:
+        if os.path.exists(cfg_path):
+            with open(cfg_path) as f:
+                saved = json.load(f)
+            if _config_identity(saved) != _config_identity(config_to_dict(cfg)):
+                raise ValueError(
+                    f"--resume: the config differs from the one in {cfg_path} in fields that change the run "
+                    "(only train.num_steps, log_every, ckpt_every, keep, progress and data.data_dir may change)."
+                )
+        state = ckpt.restore(latest, state)
+        if is_main:
+            log(f"resumed from checkpoint step {latest} in {ckpt.directory}")
+    elif resume and is_main:
+        log(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0")
+    if is_main:
+        with open(cfg_path, "w") as f:
+            json.dump(config_to_dict(cfg), f, indent=2, sort_keys=True)
+
+    start = int(state.step)
+    writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main, truncate_after=start)
+    step_fn = jit_step(make_train_step(static, sde, stream, tx, schedule, cfg, mesh), mesh)
+    base_key = jax.device_put(jax.random.PRNGKey(cfg.train.seed), shd.replicated(mesh))
+
+    pbar = None
+    if is_main and cfg.train.progress:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=cfg.train.num_steps, initial=start, desc=cfg.name, dynamic_ncols=True, file=sys.stderr)
+
+    stopped = False
+    pending: tuple[int, dict] | None = None
+    t_window, n_window, loss_sum = time.perf_counter(), 0, 0.0
+    last_saved = latest
+    with _SigtermFlag() as sig:
+        for step in range(start, cfg.train.num_steps):
+            raw = shd.host_to_global(stream.host_batch(step), mesh, B)
+            state, metrics = step_fn(state, raw, base_key)
+            if pending is not None:  # check the previous step while this one runs
+                _check_finite(*pending, ckpt)
+                loss_sum += float(pending[1]["loss"])
+                n_window += 1
+            pending = (step, metrics)
+            done = step + 1
+            if pbar is not None:
+                pbar.update(1)
+            must_save = (done % cfg.train.ckpt_every == 0) or sig.hit or done == cfg.train.num_steps
+            must_log = done % cfg.train.log_every == 0 or done == cfg.train.num_steps
+            if must_save or must_log:
+                _check_finite(*pending, ckpt)
+                loss_sum += float(pending[1]["loss"])
+                n_window += 1
+                pending = None
+            if must_log:
+                now = time.perf_counter()
+                dt = (now - t_window) / max(n_window, 1)
+                rec = {"step": done, **{k: float(v) for k, v in metrics.items()}}
+                rec.update(loss_window_mean=loss_sum / max(n_window, 1), step_time_s=dt, images_per_s=B / dt,
+                           wall_time=time.time())
+                writer.write(rec)
+                if pbar is not None:
+                    pbar.set_postfix(loss=f"{rec['loss_window_mean']:.4g}", lr=f"{rec['lr']:.2e}")
+                t_window, n_window, loss_sum = now, 0, 0.0
+            if must_save:
+                if ckpt.save(done, state, force=sig.hit or done == cfg.train.num_steps):
+                    last_saved = done
+            if sig.hit:
+                ckpt.wait()
+                stopped = True
+                if is_main:
+                    log(f"SIGTERM: saved checkpoint at step {done} in {ckpt.directory}; rerun with --resume to continue.")
+                break
+    if pending is not None:
+        _check_finite(*pending, ckpt)
+    if pbar is not None:
+        pbar.close()
+    ckpt.close()
+    return RunResult(state=state, static=static, stopped_by_signal=stopped, last_checkpoint=last_saved)
+
+
+def load_state(cfg: Config, workdir: str | os.PathLike, step: int | None = None) -> tuple[TrainState, Any]:
+    """(state, static) from the checkpoint ``step`` (latest if None) of ``workdir``; the model is
+    ``eqx.combine(state.params, static)`` (or ``state.ema``)."""
+    sde_event = make_stream(cfg.data, cfg.train.batch_size, cfg.train.seed).event_shape
+    state, static, _, _ = init_state(cfg, tuple(sde_event))
+    ckpt = Checkpointer(os.path.join(os.fspath(workdir), "checkpoints"), keep=cfg.train.keep, every=cfg.train.ckpt_every)
+    try:
+        return ckpt.restore(step, state), static
+    finally:
+        ckpt.close()
