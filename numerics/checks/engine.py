@@ -21,10 +21,11 @@ the integrands vary (they are smooth, sigmoid-like functions of λ). Plain dt-in
 weight σ²/g² on the same nodes. The interval [0, t0] (where λ = ∞), when wanted, is added by plain
 Gauss–Legendre in t (g² and the integrands are bounded there).
 
-Monte Carlo over the data/noise uses *per-path quadrature*: each sample i carries a fixed pair
-(x₀ᵢ, εᵢ) and the time integral of x_t = α_t x₀ᵢ + σ_t εᵢ is done by quadrature, which gives i.i.d.
-per-sample values whose mean is the exact double integral (only the marginal law of x_t at each t
-matters). The SE is the sample standard deviation over √N. Comparisons of two estimates of the
+Monte Carlo over the data/noise uses *per-path quadrature*: each sample i carries a datum x₀ᵢ
+and noises εᵢⱼ, independent across the quadrature nodes t_j, and the time integral of
+x_t = α_t x₀ᵢ + σ_t εᵢⱼ is done by quadrature. This gives i.i.d. per-sample values whose mean is
+the exact double integral (only the marginal law of x_t at each t matters), with far less variance
+than one noise per path or random times. The SE is the sample standard deviation over √N. Comparisons of two estimates of the
 same quantity use the *same* (x₀ᵢ, εᵢ) (common random numbers) and the SE of the paired difference.
 """
 
@@ -228,6 +229,11 @@ def key_from_seed(seed: int):
     return jax.random.PRNGKey(int(seed) % (2**31))
 
 
+def path_noise(key, n: int, n_nodes: int, dim: int):
+    """Independent N(0, I) noise per path and node: (n, n_nodes, dim)."""
+    return jax.random.normal(key, (n, n_nodes, dim), dtype=jnp.float64)
+
+
 # --- per-path evaluation ---------------------------------------------------------------------
 
 
@@ -238,11 +244,15 @@ def grid_coeffs(sde: SDE, t):
 
 
 def _eval_on_paths_impl(integrand, args, x0, eps, t, alpha, sigma):
-    def per_node(tj, aj, sj):
-        x_t = aj * x0 + sj * eps  # (N, D)
-        return jax.vmap(lambda xt, x0i, ei: integrand(args, xt, tj, x0i, ei, aj, sj))(x_t, x0, eps)
+    per_node_noise = eps.ndim == 3
 
-    return jax.vmap(per_node, out_axes=1)(t, alpha, sigma)  # (N, n_nodes)
+    def per_node(tj, aj, sj, ej):
+        x_t = aj * x0 + sj * ej  # (N, D)
+        return jax.vmap(lambda xt, x0i, ei: integrand(args, xt, tj, x0i, ei, aj, sj))(x_t, x0, ej)
+
+    if per_node_noise:
+        return jax.vmap(per_node, in_axes=(0, 0, 0, 1), out_axes=1)(t, alpha, sigma, eps)
+    return jax.vmap(per_node, in_axes=(0, 0, 0, None), out_axes=1)(t, alpha, sigma, eps)  # (N, n_nodes, ...)
 
 
 _eval_on_paths_jit = eqx.filter_jit(_eval_on_paths_impl)
@@ -251,7 +261,9 @@ _eval_on_paths_jit = eqx.filter_jit(_eval_on_paths_impl)
 def eval_on_paths(integrand: Callable, args, x0, eps, t, alpha, sigma):
     """Values ``integrand(args, x_t, t, x0, eps, α_t, σ_t)`` on every path i and node j: (N, n_nodes).
 
-    x_t = α_t x0ᵢ + σ_t εᵢ. ``integrand`` must be a module-level function (it is a static jit
+    x_t = α_t x0ᵢ + σ_t εᵢ, with ``eps`` of shape (N, D) (one noise per path, all nodes) or
+    (N, n_nodes, D) (independent noise per node: the sum over nodes then averages the noise, which
+    is valid because only the marginal law of x_t at each t enters). ``integrand`` must be a module-level function (it is a static jit
     argument: one compilation per integrand and shapes); ``args`` is a PyTree (mixtures, models).
     """
     return _eval_on_paths_jit(integrand, args, jnp.asarray(x0), jnp.asarray(eps), jnp.asarray(t),

@@ -48,12 +48,13 @@ def check_kl_dynamics(
 ) -> CheckResult:
     """KL(q_{t0}‖p_{t0}) − KL(q_T‖p_T) = ½∫_{t0}^T g² E_{q_t}‖∇log q_t − ∇log p_t‖² dt (identity, MC)."""
     key = engine.key_from_seed(seed)
-    k0, k1 = jax.random.split(key)
+    k0, k1, k2 = jax.random.split(key, 3)
     x0 = q.sample(k0, n_samples)
     eps = jax.random.normal(k1, x0.shape, dtype=x0.dtype)
     grid = engine.time_grid(sde, t0, sde.T, n_panels=n_panels, order=order)
     alpha, sigma, _, _ = engine.grid_coeffs(sde, grid.t)
-    vals = engine.eval_on_paths(score_gap_integrand, (q.score_fn(sde), p.score_fn(sde)), x0, eps, grid.t, alpha, sigma)
+    node_eps = engine.path_noise(k2, n_samples, grid.n, q.dim)
+    vals = engine.eval_on_paths(score_gap_integrand, (q.score_fn(sde), p.score_fn(sde)), x0, node_eps, grid.t, alpha, sigma)
     rhs_i = vals @ jnp.asarray(grid.w_g2)
     a0, v0 = sde.mean_coeff(jnp.asarray(t0)), sde.variance(jnp.asarray(t0))
     aT, vT = sde.mean_coeff(jnp.asarray(sde.T)), sde.variance(jnp.asarray(sde.T))

@@ -2,10 +2,10 @@
 
 * the exact score of a mixture: :meth:`numerics.mixture.GaussianMixture.score_fn` (a PyTree);
 * :class:`PerturbedScore`: a base score plus ``amplitude`` × a structured perturbation
-  v(x, t) = φ(t)·(A x + b + sin(W x)) with a general (non-symmetric) A — not a gradient field for
-  D ≥ 2 unless ``A`` is symmetric and ``W`` is zero — or, with ``kind="rotation"``, v = φ(t)·A x
-  with A antisymmetric (divergence-free and not a gradient field), or ``kind="gradient"``,
-  v = φ(t)·∇(½ xᵀ S x + bᵀx) with S symmetric;
+  v(x, t) = φ(t)·c_t·(A y + b + sin(W y)), y = c_t x, c_t = (α_t² + σ_t²)^{-1/2} (so that v has the
+  scale of a score at every t, for every SDE), with a general (non-symmetric) A — not a gradient
+  field for D ≥ 2 — or, with ``kind="rotation"``, A antisymmetric and b = W = 0 (divergence-free,
+  not a gradient field), or ``kind="gradient"``, A symmetric and W = 0 (a gradient field);
 * trained networks: any callable with the same signature.
 
 φ(t) = 1 by default; ``time_profile="bump"`` uses φ(t) = 4 (t/T)(1 − t/T).
@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Literal
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -23,9 +24,10 @@ __all__ = ["PerturbedScore", "random_perturbation"]
 
 
 class PerturbedScore(eqx.Module):
-    """s(x, t) = base(x, t) + amplitude · φ(t) · (A x + b + sin(W x))."""
+    """s(x, t) = base(x, t) + amplitude · φ(t) · c_t (A y + b + sin(W y)),  y = c_t x."""
 
     base: eqx.Module
+    sde: eqx.Module
     A: jnp.ndarray
     b: jnp.ndarray
     W: jnp.ndarray
@@ -35,7 +37,9 @@ class PerturbedScore(eqx.Module):
 
     def perturbation(self, x, t):
         phi = 4.0 * (t / self.T) * (1.0 - t / self.T) if self.bump else 1.0
-        return phi * (self.A @ x + self.b + jnp.sin(self.W @ x))
+        c = jax.lax.rsqrt(self.sde.mean_coeff(t) ** 2 + self.sde.variance(t))
+        y = c * x
+        return phi * c * (self.A @ y + self.b + jnp.sin(self.W @ y))
 
     def __call__(self, x, t):
         return self.base(x, t) + self.amplitude * self.perturbation(x, t)
@@ -43,12 +47,12 @@ class PerturbedScore(eqx.Module):
 
 def random_perturbation(
     base,
+    sde,
     dim: int,
     seed: int,
     amplitude: float = 0.3,
     *,
     kind: Literal["general", "rotation", "gradient"] = "general",
-    T: float = 1.0,
     bump: bool = False,
 ) -> PerturbedScore:
     """A :class:`PerturbedScore` with random (seeded) A, b, W of unit scale.
@@ -72,10 +76,11 @@ def random_perturbation(
         raise ValueError(f"kind must be 'general', 'rotation' or 'gradient'; got {kind!r}.")
     return PerturbedScore(
         base,
+        sde,
         jnp.asarray(A),
         jnp.asarray(b),
         jnp.asarray(W),
         jnp.asarray(float(amplitude)),
-        T=float(T),
+        T=float(sde.T),
         bump=bool(bump),
     )

@@ -79,8 +79,8 @@ def check_dsm_constant(
     key = engine.key_from_seed(seed)
     k0, k1 = jax.random.split(key)
     x0 = q.sample(k0, n_samples)
-    eps = jax.random.normal(k1, x0.shape, dtype=x0.dtype)
     grid = engine.time_grid(sde, sde.t_min, sde.T, n_panels=n_panels, order=order)
+    eps = engine.path_noise(k1, n_samples, grid.n, q.dim)
     alpha, sigma, _, _ = engine.grid_coeffs(sde, grid.t)
     exact = q.score_fn(sde)
     Z = float(sde.importance_normaliser())
@@ -89,7 +89,7 @@ def check_dsm_constant(
 
     def j_dsm(score):
         x0r = jnp.repeat(x0, m, axis=0)
-        er = jnp.repeat(eps, m, axis=0)
+        er = eps.reshape(n * m, -1)
         tr = jnp.tile(jnp.asarray(grid.t), n)
         vals = dsm_loss_terms(score, sde, x0r, tr, er, "g2_is").reshape(n, m)
         return vals @ lam_w
@@ -124,12 +124,13 @@ def check_dsm_constant(
 
 
 def _sm_dsm_integrand(args, x_t, t, x0, eps, alpha, sigma):
-    """(½‖s‖² + ∇·s,  ½‖s + ε/σ‖² − ½ D/σ²) at x_t: the SM and DSM integrands of Thm 2 (without g², f)."""
+    """(½‖s‖² + ∇·s,  ½‖s + ε/σ‖² − ½‖ε‖²/σ²) at x_t: the SM and DSM integrands of Thm 2 (without
+    g², f). The DSM one is ½‖s + ε/σ‖² − ½D/σ² minus the control variate ½(‖ε‖² − D)/σ² (mean 0)."""
     (model,) = args
     s = model(x_t, t)
     div = engine.divergence(model, x_t, t)
     sm = 0.5 * jnp.sum(s**2) + div
-    dsm = 0.5 * jnp.sum(jnp.square(s + eps / sigma)) - 0.5 * x_t.shape[0] / sigma**2
+    dsm = 0.5 * jnp.sum(jnp.square(s + eps / sigma)) - 0.5 * jnp.sum(eps**2) / sigma**2
     return jnp.stack([sm, dsm])
 
 
@@ -151,17 +152,14 @@ def check_theorem2_stein(
     x = jnp.asarray(x, dtype=jnp.float64)
     D = x.shape[0]
     key = engine.key_from_seed(seed)
-    eps = jax.random.normal(key, (n_samples, D), dtype=jnp.float64)
-    x0 = jnp.broadcast_to(x, eps.shape)
+    x0 = jnp.broadcast_to(x, (n_samples, D))
     grid = engine.time_grid(sde, sde.t_min, sde.T, n_panels=n_panels, order=order)
+    eps = engine.path_noise(key, n_samples, grid.n, D)
     alpha, sigma, _, _ = engine.grid_coeffs(sde, grid.t)
     vals = engine.eval_on_paths(_sm_dsm_integrand, (model,), x0, eps, grid.t, alpha, sigma)  # (N, m, 2)
     w = jnp.asarray(grid.w_g2)
     sm_i = jnp.einsum("nm,m->n", vals[..., 0], w)
     dsm_i = jnp.einsum("nm,m->n", vals[..., 1], w)
-    # control variate with exact mean 0: ½(‖ε‖² − D) Σ_j w_j/σ_j²
-    cv = 0.5 * (jnp.sum(eps**2, -1) - D) * jnp.sum(w / sigma**2)
-    dsm_i = dsm_i - cv
     prior = _neg_prior_term(sde, x)
     lhs, rhs, se = engine.paired(sm_i + prior, dsm_i + prior)
     return engine.identity(
@@ -172,7 +170,7 @@ def check_theorem2_stein(
         rhs,
         se,
         settings=dict(sde=type(sde).__name__, D=D, n_samples=n_samples, quad_nodes=grid.n,
-                      conditioning="X_0 = x", control_variate="1/2(|eps|^2-D) sum w/sigma^2 (mean 0)"),
+                      conditioning="X_0 = x", control_variate="1/2(|eps|^2-D)/sigma^2 per node (mean 0)"),
     )
 
 
@@ -207,13 +205,14 @@ def check_theorem2_tight(
     x = jnp.asarray(x, dtype=jnp.float64)
     D = x.shape[0]
     eps_t = sde.t_min
-    key = engine.key_from_seed(seed)
+    key, k2 = jax.random.split(engine.key_from_seed(seed))
     eps = jax.random.normal(key, (n_samples, D), dtype=jnp.float64)
     x0 = jnp.broadcast_to(x, eps.shape)
     grid = engine.time_grid(sde, eps_t, sde.T, n_panels=n_panels, order=order)
     a, b = _conditional_paths(sde, x, eps, grid.t, eps_t)
     model = q.score_fn(sde)
-    vals = engine.eval_on_paths(_tight_integrand, (model,), x0, eps, grid.t, a, b)
+    node_eps = engine.path_noise(k2, n_samples, grid.n, D)
+    vals = engine.eval_on_paths(_tight_integrand, (model,), x0, node_eps, grid.t, a, b)
     integral_i = vals @ jnp.asarray(grid.w_g2)
     f_int = D * float(sde.log_mean_coeff(jnp.asarray(sde.T)) - sde.log_mean_coeff(jnp.asarray(eps_t)))
     aT, bT = _conditional_paths(sde, x, eps, jnp.asarray(sde.T), eps_t)
@@ -319,10 +318,10 @@ def check_eps_offset_bound(
 
     with the Tweedie decoder m̂ = (x_ε + σ_ε² s_θ(x_ε, ε))/α_ε and the SDE prior. Holds for any model
     (it is −ELBO of the decoder model); nearly tight at the exact score. MC with CRN and the
-    mean-zero control variate ½(‖ε‖² − D)Σ w_j/σ_j².
+    mean-zero control variate ½(‖ε‖² − D)/σ² at every node.
     """
     key = engine.key_from_seed(seed)
-    k0, k1 = jax.random.split(key)
+    k0, k1, k2 = jax.random.split(key, 3)
     x0 = q.sample(k0, n_samples)
     eps = jax.random.normal(k1, x0.shape, dtype=x0.dtype)
     D = q.dim
@@ -330,8 +329,8 @@ def check_eps_offset_bound(
     grid = engine.time_grid(sde, t_e, sde.T, n_panels=n_panels, order=order)
     alpha, sigma, _, _ = engine.grid_coeffs(sde, grid.t)
     w = jnp.asarray(grid.w_g2)
-    diff_i = engine.eval_on_paths(_dsm_integrand, (model,), x0, eps, grid.t, alpha, sigma) @ w
-    diff_i = diff_i - 0.5 * (jnp.sum(eps**2, -1) - D) * jnp.sum(w / sigma**2)
+    node_eps = engine.path_noise(k2, n_samples, grid.n, D)
+    diff_i = engine.eval_on_paths(_dsm_integrand, (model,), x0, node_eps, grid.t, alpha, sigma) @ w
     a_e, s_e = sde.mean_coeff(jnp.asarray(t_e)), sde.std(jnp.asarray(t_e))
     aT, sT = sde.mean_coeff(jnp.asarray(sde.T)), sde.std(jnp.asarray(sde.T))
     const = 0.5 * D * float(jnp.log(sT**2 / s_e**2))
