@@ -29,7 +29,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from numerics.sde import SDE
 
@@ -228,7 +228,7 @@ def ode_log_likelihood(
 
 
 def bits_per_dim(
-    log_prob: Float[Array, "*batch"],
+    log_prob: Float[ArrayLike, "*batch"],
     dims: int,
     *,
     data_scale: float,

@@ -1,0 +1,173 @@
+"""numerics.likelihood: the probability-flow ODE log-likelihood against exact mixture densities."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import linalg
+
+import numerics
+from numerics import strategies as nst
+from numerics.likelihood import SolverError, bits_per_dim, ode_log_likelihood
+
+
+@given(nst.mixtures(max_dim=3, max_components=3), nst.sdes(kinds=("vp", "subvp", "ve")), st.integers(0, 1000))
+def test_ode_likelihood_equals_exact_log_density(mixture, sde, seed):
+    """Exact score and exact q_T prior ⇒ log p^ODE_{t_min}(x) = log q_{t_min}(x) (THEORY.md §2.1, §8.17), to 1e-6 nats."""
+    x = mixture.sample(jax.random.key(seed), 4)
+    prior = mixture.diffuse(sde, sde.T).log_prob
+    res = ode_log_likelihood(mixture.score_fn(sde), sde, x, rtol=1e-10, atol=1e-10, prior_log_prob=prior)
+    exact = mixture.diffuse(sde, sde.t_min).log_prob(x)
+    np.testing.assert_allclose(np.asarray(res.log_prob), np.asarray(exact), rtol=0, atol=1e-6)
+    assert np.all(np.asarray(res.nfe) > 0)
+
+
+@pytest.mark.parametrize("sde", [numerics.VPSDE(), numerics.SubVPSDE(), numerics.VESDE()], ids=["vp", "subvp", "ve"])
+def test_gaussian_flow_map_is_affine(sde):
+    """K = 1: the exact flow map is x_T = m_T + C_T^{1/2} C_ε^{-1/2}(x − m_ε) (THEORY.md §6.1), to 1e-8."""
+    cov = np.array([[0.5, 0.2], [0.2, 0.3]])
+    mu = np.array([0.7, -0.4])
+    mix = numerics.GaussianMixture([1.0], [mu], [cov])
+    x = mix.sample(jax.random.key(0), 3)
+    res = ode_log_likelihood(mix.score_fn(sde), sde, x, rtol=1e-11, atol=1e-11, prior_log_prob=mix.diffuse(sde, sde.T).log_prob)
+    c = lambda t: float(sde.mean_coeff(t)) ** 2 * cov + float(sde.variance(t)) * np.eye(2)  # noqa: E731
+    m = lambda t: float(sde.mean_coeff(t)) * mu  # noqa: E731
+    A = np.real(linalg.sqrtm(c(sde.T)) @ np.linalg.inv(linalg.sqrtm(c(sde.t_min))))
+    expected = m(sde.T) + (np.asarray(x) - m(sde.t_min)) @ A.T
+    np.testing.assert_allclose(np.asarray(res.latent), expected, rtol=1e-8, atol=1e-8)
+
+
+def _hutchinson_case():
+    mix = numerics.GaussianMixture(
+        [0.3, 0.7], [[0.0, 1.0, -0.5], [1.5, -1.0, 0.5]], [np.diag([0.5, 0.2, 0.3]), [[0.4, 0.1, 0.0], [0.1, 0.3, 0.05], [0.0, 0.05, 0.2]]]
+    )
+    sde = numerics.VPSDE()
+    x = mix.sample(jax.random.key(7), 6)
+    return mix, sde, x, mix.diffuse(sde, sde.T).log_prob
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(probe):
+    """Mean of Hutchinson's estimate = exact-trace value within 3 SE (per point and pooled; THEORY.md §2.8)."""
+    mix, sde, x, prior = _hutchinson_case()
+    exact = ode_log_likelihood(mix.score_fn(sde), sde, x, rtol=1e-8, atol=1e-8, prior_log_prob=prior).log_prob
+    res = ode_log_likelihood(
+        mix.score_fn(sde), sde, x, divergence="hutchinson", n_probes=400, probe=probe, key=jax.random.key(1),
+        rtol=1e-8, atol=1e-8, prior_log_prob=prior,
+    )
+    z = np.asarray((res.log_prob - exact) / res.stderr)
+    assert np.all(np.abs(z) < 4.0), z  # 6 points: |z| < 4 each (family-wise ~0.04% false alarm)
+    assert abs(z.sum() / math.sqrt(z.size)) < 3.0
+    assert np.all(np.asarray(res.stderr) > 0)
+
+
+def test_hutchinson_standard_error_shrinks_as_inverse_sqrt_probes():
+    """SE(n) ∝ 1/√n: the ratio SE(16)/SE(256) is 4 up to the sampling noise of two SE estimates."""
+    mix, sde, x, prior = _hutchinson_case()
+    kw = dict(divergence="hutchinson", probe="gaussian", rtol=1e-7, atol=1e-7, prior_log_prob=prior)
+    se16 = ode_log_likelihood(mix.score_fn(sde), sde, x, n_probes=16, key=jax.random.key(2), **kw).stderr
+    se256 = ode_log_likelihood(mix.score_fn(sde), sde, x, n_probes=256, key=jax.random.key(3), **kw).stderr
+    ratio = float(jnp.mean(se16) / jnp.mean(se256))
+    assert 3.0 < ratio < 5.3, ratio
+
+
+def test_exact_divergence_on_images_shape():
+    """Events of any shape: a (1, 2, 2) 'image' gives the same value as its flattened (4,) form."""
+    mix = numerics.GaussianMixture([0.5, 0.5], [np.zeros(4), np.ones(4)], [np.eye(4) * 0.5, np.eye(4) * 0.2])
+    sde = numerics.VPSDE()
+    x = mix.sample(jax.random.key(0), 2)
+    flat = ode_log_likelihood(mix.score_fn(sde), sde, x, rtol=1e-9, atol=1e-9)
+    img_score = lambda z, t: mix.score_fn(sde)(z.reshape(4), t).reshape(1, 2, 2)  # noqa: E731
+    img = ode_log_likelihood(img_score, sde, x.reshape(2, 1, 2, 2), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(img.log_prob), np.asarray(flat.log_prob), rtol=1e-12)
+    assert img.latent.shape == (2, 1, 2, 2)
+
+
+def test_no_recompilation_for_new_mixture_of_same_shapes():
+    """Passing another mixture (a PyTree score) of the same shapes must not retrace the solve."""
+    traces = []
+
+    class CountingScore(eqx.Module):
+        inner: numerics.MixtureScore
+
+        def __call__(self, x, t):
+            traces.append(1)  # runs only while tracing
+            return self.inner(x, t)
+
+    sde = numerics.VPSDE()
+    a = numerics.GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], [np.eye(2), 0.5 * np.eye(2)])
+    b = numerics.GaussianMixture([0.2, 0.8], [[1.0, -1.0], [0.0, 2.0]], [0.3 * np.eye(2), np.eye(2)])
+    x = jnp.zeros((3, 2))
+    ode_log_likelihood(CountingScore(a.score_fn(sde)), sde, x)
+    n_after_first = len(traces)
+    r1 = ode_log_likelihood(CountingScore(b.score_fn(sde)), sde, x)
+    r2 = ode_log_likelihood(CountingScore(a.score_fn(sde)), sde, x + 0.5)
+    assert len(traces) == n_after_first
+    assert not np.allclose(np.asarray(r1.log_prob), np.asarray(r2.log_prob))
+
+
+def test_gradient_is_the_ode_models_score():
+    """∇_x log p^ODE = ∇ log q_{t_min} for the exact score (the ODE model reproduces q; Lu et al. 2022 §3)."""
+    mix, sde, x, prior = _hutchinson_case()
+    f = lambda z: ode_log_likelihood(mix.score_fn(sde), sde, z[None], rtol=1e-10, atol=1e-10, prior_log_prob=prior).log_prob[0]  # noqa: E731
+    np.testing.assert_allclose(np.asarray(jax.grad(f)(x[0])), np.asarray(mix.diffuse(sde, sde.t_min).score(x[0])), rtol=1e-6, atol=1e-6)
+
+
+def test_step_limit_raises():
+    mix, sde, x, _ = _hutchinson_case()
+    with pytest.raises(SolverError, match="max_steps=3"):
+        ode_log_likelihood(mix.score_fn(sde), sde, x, max_steps=3)
+
+
+def test_non_finite_score_raises():
+    sde = numerics.VPSDE()
+    with pytest.raises(SolverError, match="non-finite"):
+        ode_log_likelihood(lambda z, t: jnp.where(t < 0.5, z, jnp.nan * z), sde, jnp.ones((2, 2)), max_steps=64)
+
+
+def test_failure_inside_jit_raises():
+    mix, sde, x, _ = _hutchinson_case()
+    f = eqx.filter_jit(lambda z: ode_log_likelihood(mix.score_fn(sde), sde, z, max_steps=3).log_prob)
+    with pytest.raises(Exception, match="max_steps=3"):
+        jax.block_until_ready(f(x))
+
+
+def test_bad_inputs_raise():
+    mix, sde, x, _ = _hutchinson_case()
+    score = mix.score_fn(sde)
+    with pytest.raises(ValueError, match="leading batch axis"):
+        ode_log_likelihood(score, sde, x[0])
+    with pytest.raises(ValueError, match="NaN or inf in 1 of 6"):
+        ode_log_likelihood(score, sde, x.at[2, 1].set(jnp.nan))
+    with pytest.raises(ValueError, match="key is required"):
+        ode_log_likelihood(score, sde, x, divergence="hutchinson")
+    with pytest.raises((ValueError, TypeError), match="divergence"):
+        ode_log_likelihood(score, sde, x, divergence="trace")
+    with pytest.raises(ValueError, match="n_probes"):
+        ode_log_likelihood(score, sde, x, divergence="hutchinson", n_probes=0, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="t_start"):
+        ode_log_likelihood(score, sde, x, t_start=1.0)
+
+
+def test_bits_per_dim_uniform_is_8():
+    """The uniform density on [−1, 1]^D gives exactly 8 bits/dim (THEORY.md §8.24)."""
+    D = 3072
+    assert float(bits_per_dim(-D * math.log(2.0), D, data_scale=2.0)) == pytest.approx(8.0, abs=1e-12)
+    assert float(bits_per_dim(0.0, D, data_scale=1.0)) == pytest.approx(8.0, abs=1e-12)
+
+
+def test_bits_per_dim_is_exact_for_histogram_densities():
+    """A density constant on each dequantisation cube has P(k) = p_X · a / 256: the bound is tight, −log₂ P(k)."""
+    rng = np.random.default_rng(0)
+    P = rng.dirichlet(np.ones(256))
+    a = 2.0
+    k = rng.integers(0, 256, 50)
+    log_px = np.log(P[k] * 256 / a)  # p_Y = 256 P(k) on the cube of side 1/256; p_X = p_Y / a
+    np.testing.assert_allclose(np.asarray(bits_per_dim(jnp.asarray(log_px), 1, data_scale=a)), -np.log2(P[k]), rtol=1e-12)
+    with pytest.raises(ValueError, match="dims"):
+        bits_per_dim(0.0, 0, data_scale=2.0)
