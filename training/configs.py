@@ -185,7 +185,7 @@ PRESETS["mixture2d"] = Config(
     loss=LossConfig(weighting="g2_is"),
     model=ModelConfig(name="mlp", width=128, depth=3, temb_dim=64),
     data=DataConfig(name="mixture", mixture="three_blobs_2d"),
-    optim=OptimConfig(lr=1e-3, warmup=100, grad_clip=1.0, ema_rate=0.999),
+    optim=OptimConfig(lr=2e-3, warmup=100, grad_clip=1.0, ema_rate=0.995),
     train=TrainConfig(batch_size=256, num_steps=4000, log_every=200, ckpt_every=1000),
 )
 
