@@ -1,0 +1,240 @@
+"""Li & Yan 2024, *A Score-Based Density Formula, with Applications in Diffusion Generative Models*
+(THEORY.md §5).
+
+Forward SDE dX = −X/(2(1−t)) dt + dB/√(1−t): VP with β = 1/(1−t), α_t² = 1 − t, σ_t² = t
+(:class:`LiYanSDE`, T = 1 − 10⁻⁶ by default since g² = 1/(1−t) is singular at 1). Density formula
+(THEORY.md Eq. 5.1, general form on [0, T]):
+
+    log q_0(x) = E[log q_T(X_T) | x] − ½ ∫_0^T { (1/(1−t)) E‖s_t(X_t) + (X_t − √(1−t) x)/t‖² − D/t } dt   (DSM form)
+               = E[log q_T(X_T) | x] − ½ ∫_0^T (1/(1−t)) E[‖s_t‖² + 2∇·s_t + D] dt                       (SM form)
+
+(at T → 1 the first term is −(D/2) log(2πe)). The DSM form is evaluated with the mean-zero
+control variate (‖ε‖² − D)/(t(1−t)) subtracted per node. DDPM form (THEORY.md §5.3): with
+linear β_k, ᾱ_k, t_k = 1 − ᾱ_k,
+
+    log q_0(x) ≈ E[log q_{t_K}(X_K)|x] − ½ Σ_k ((1−α_k)/α_k) { E‖s_k + (X_k − √ᾱ_k x)/(1−ᾱ_k)‖² − D ᾱ_k/(1−ᾱ_k) }.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import optimize
+
+from numerics.checks import engine
+from numerics.checks.affine import AffineModel, affine_summary
+from numerics.checks.engine import CheckResult
+from numerics.mixture import GaussianMixture
+from numerics.sde import SDE
+
+__all__ = ["LiYanSDE", "check_density_formula", "check_ddpm_formula", "check_elbo_minimiser"]
+
+PAPER = "L&Y24"
+
+
+class LiYanSDE(SDE):
+    """dX = −X/(2(1−t)) dt + dB/√(1−t) (Li & Yan 2024): f = −1/(2(1−t)), g² = 1/(1−t), α² = 1 − t, σ² = t."""
+
+    t_min: float = eqx.field(static=True)
+    T: float = eqx.field(static=True)
+
+    def __init__(self, *, t_min: float = 1e-5, T: float = 1.0 - 1e-6):
+        if not (0 < t_min < T < 1):
+            raise ValueError(f"need 0 < t_min < T < 1; got t_min={t_min}, T={T}.")
+        self.t_min, self.T = float(t_min), float(T)
+
+    def drift_coeff(self, t):
+        return -0.5 / (1.0 - jnp.asarray(t, dtype=jnp.float64))
+
+    def diffusion_sq(self, t):
+        return 1.0 / (1.0 - jnp.asarray(t, dtype=jnp.float64))
+
+    def log_mean_coeff(self, t):
+        return 0.5 * jnp.log1p(-jnp.asarray(t, dtype=jnp.float64))
+
+    def variance(self, t):
+        return jnp.asarray(t, dtype=jnp.float64)
+
+    def log_snr(self, t):
+        t = jnp.asarray(t, dtype=jnp.float64)
+        return jnp.log1p(-t) - jnp.log(t)
+
+    def inverse_log_snr(self, log_snr):
+        return jax.nn.sigmoid(-jnp.asarray(log_snr, dtype=jnp.float64))
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+
+def _ly_one(model, x_t, t, eps, sigma):
+    D = x_t.shape[0]
+    s = model(x_t, t)
+    g2 = 1.0 / (1.0 - t)
+    dsm = g2 * jnp.sum(jnp.square(s + eps / sigma)) - D / t - g2 * (jnp.sum(eps**2) - D) / sigma**2
+    sm = g2 * (jnp.sum(s**2) + 2.0 * engine.divergence(model, x_t, t) + D)
+    return jnp.stack([dsm, sm])
+
+
+def _ly_integrand(args, x_t, t, x0, eps, alpha, sigma):
+    """(DSM with control variate, SM) integrands of the L&Y formula, in dt (before the −½), for the
+    model minus the same for the reference Gaussian score (a control variate with known mean)."""
+    model, ref = args
+    return _ly_one(model, x_t, t, eps, sigma) - _ly_one(ref, x_t, t, eps, sigma)
+
+
+def reference_gaussian(q: GaussianMixture) -> GaussianMixture:
+    """N(mean of q, (tr Cov/D) I): the control-variate reference density (its formula value is exact)."""
+    mean, cov = _mixture_moments(q)
+    D = q.dim
+    return GaussianMixture(np.ones(1), mean[None, :], (np.trace(cov) / D * np.eye(D))[None])
+
+
+@jax.jit
+def _logq(q, alpha, var, x):
+    return q._diffuse(alpha, var).log_prob(x)
+
+
+def check_density_formula(q: GaussianMixture, x, *, sde: LiYanSDE | None = None, seed: int = 0,
+                          n_samples: int = 512) -> list[CheckResult]:
+    """L&Y Thm (THEORY.md Eq. 5.1): the DSM and SM forms reproduce the exact log q_0(x) (MC, 3 SE)."""
+    sde = LiYanSDE() if sde is None else sde
+    x = jnp.asarray(x, dtype=jnp.float64)
+    D = x.shape[0]
+    k1, k2 = jax.random.split(engine.key_from_seed(seed))
+    grid = engine.time_grid(sde, 0.0, sde.T, n_panels=8, order=12)
+    alpha, sigma, _, _ = engine.grid_coeffs(sde, grid.t)
+    x0 = jnp.broadcast_to(x, (n_samples, D))
+    eps = engine.path_noise(k1, n_samples, grid.n, D)
+    r = reference_gaussian(q)
+    vals = engine.eval_on_paths(_ly_integrand, (q.score_fn(sde), r.score_fn(sde)), x0, eps, grid.t, alpha, sigma)
+    w = jnp.asarray(grid.w_dt)
+    aT, vT = sde.mean_coeff(jnp.asarray(sde.T)), sde.variance(jnp.asarray(sde.T))
+    xT = aT * x + jnp.sqrt(vT) * jax.random.normal(k2, (n_samples, D), dtype=jnp.float64)
+    # control variate: the same estimator for the reference Gaussian r, whose value is log r(x)
+    logqT = _logq(q, aT, vT, xT) - _logq(r, aT, vT, xT) + float(r.log_prob(x))
+    exact = float(q.log_prob(x))
+    out = []
+    for j, form in enumerate(("dsm", "sm")):
+        est_i = logqT - 0.5 * (vals[..., j] @ w)
+        m, se = engine.mc_mean(est_i)
+        out.append(engine.identity(
+            f"ly_density_formula_{form}", PAPER, f"Eq. 5.1 ({form.upper()} form) = log q_0(x)", m, exact, se,
+            settings=dict(D=D, K=q.n_components, n_samples=n_samples, T=sde.T, quad_nodes=grid.n,
+                          prior_term="E log q_T(X_T) exact-MC",
+                          control_variate="same estimator for N(mean q, tr Cov/D I) minus its exact log-density", gaussian_prior_value=-0.5 * D * math.log(2 * math.pi * math.e)),
+        ))
+    return out
+
+
+def _ddpm_integrand(args, x_t, t, x0, eps, alpha, sigma):
+    """‖s + ε/σ‖² − D ᾱ/σ² minus the control variate (‖ε‖² − D)/σ² (σ² = 1 − ᾱ); the reference
+    Gaussian's DSM term enters with its *exact* expectation, computed outside."""
+    model, ref = args
+    D = x_t.shape[0]
+    s = model(x_t, t)
+    sr = ref(x_t, t)
+    return jnp.sum(jnp.square(s + eps / sigma)) - jnp.sum(jnp.square(sr + eps / sigma))
+
+
+def check_ddpm_formula(q: GaussianMixture, x, *, K: int = 1000, beta_min: float = 1e-4, beta_max: float = 0.02,
+                       seed: int = 0, n_samples: int = 256) -> CheckResult:
+    """L&Y DDPM form (THEORY.md §5.3) vs exact log q_0(x). Tolerance: MC 3 SE plus the O(1/K)
+    discretisation allowance atol = 2e-3·D (THEORY.md §5.3 measured 1e-3 at K = 1000, D = 1)."""
+    sde = LiYanSDE()
+    x = jnp.asarray(x, dtype=jnp.float64)
+    D = x.shape[0]
+    betas = np.linspace(beta_min, beta_max, K)
+    a = 1.0 - betas
+    abar = np.cumprod(a)
+    t = 1.0 - abar
+    alpha, sigma = np.sqrt(abar), np.sqrt(1.0 - abar)
+    k1, k2 = jax.random.split(engine.key_from_seed(seed))
+    x0 = jnp.broadcast_to(x, (n_samples, D))
+    eps = engine.path_noise(k1, n_samples, K, D)
+    r = reference_gaussian(q)
+    vals = engine.eval_on_paths(_ddpm_integrand, (q.score_fn(sde), r.score_fn(sde)), x0, eps, t, alpha, sigma)
+    # exact E‖s_r + ε/σ‖² − Dᾱ/σ² for r = N(m, c I): s_r + ε/σ = −α(x − m)/v + ε(1/σ − σ/v), v = α²c + σ²
+    rm, rc = np.asarray(r.means[0]), float(r.eigvals[0, 0])
+    v = alpha**2 * rc + sigma**2
+    ref_term = alpha**2 * float(np.sum((np.asarray(x) - rm) ** 2)) / v**2 + D * (1 / sigma - sigma / v) ** 2 - D * alpha**2 / sigma**2
+    xK = alpha[-1] * x + sigma[-1] * jax.random.normal(k2, (n_samples, D), dtype=jnp.float64)
+    logqK = _logq(q, jnp.asarray(alpha[-1]), jnp.asarray(sigma[-1] ** 2), xK)
+    wk = (1.0 - a) / a
+    est_i = logqK - 0.5 * (vals @ jnp.asarray(wk)) - 0.5 * float(wk @ ref_term)
+    m, se = engine.mc_mean(est_i)
+    gauss_prior = m - float(logqK.mean()) - 0.5 * D * math.log(2 * math.pi * math.e)
+    return engine.identity(
+        "ly_ddpm_formula", PAPER, "Eq. 3.1c-type DDPM sum = log q_0(x)", m, float(q.log_prob(x)), se, atol=2e-3 * D,
+        settings=dict(D=D, K_steps=K, beta=(beta_min, beta_max), alphabar_K=float(abar[-1]), n_samples=n_samples,
+                      value_with_N01_prior=gauss_prior),
+    )
+
+
+def _mixture_moments(q: GaussianMixture):
+    w = np.asarray(q.weights)
+    mu = np.asarray(q.means)
+    cov = np.asarray(q.covariances)
+    mean = w @ mu
+    c = np.einsum("k,kij->ij", w, cov) + np.einsum("k,ki,kj->ij", w, mu - mean, mu - mean)
+    return mean, c
+
+
+def check_elbo_minimiser(q: GaussianMixture, *, sde: SDE | None = None, bounds=(0.05, 5.0)) -> list[CheckResult]:
+    """L&Y §4 ("the ELBO minimiser nearly coincides with the true NLL minimiser"), exact.
+
+    One-parameter model family s_θ(x, t) = −(x − α_t μ̄)/(α_t² θ + σ_t²) (the exact score of the
+    diffused N(μ̄, θ I)), mixture data q (not in the family). Its SDE model law p_θ,ε is Gaussian
+    (closed form, :mod:`numerics.checks.affine`), so both objectives are exact functions of θ:
+
+        NLL(θ)  = E_{q_ε}[−log p^SDE_θ,ε]            (true objective, from the mixture's moments)
+        ELBO(θ) = E_{q_0}[L^DSM_θ(x)]  (Song+21 Thm 2 / L&Y's DSM objective over [ε, T], closed form)
+
+    Returns (i) ELBO(θ) ≥ NLL(θ) at the ELBO minimiser (inequality) and (ii) the two minimisers
+    (identity with tolerance 2% of θ; settings hold both, their distance, and the moment-matching
+    value tr Cov/D).
+    """
+    sde = LiYanSDE() if sde is None else sde
+    mean, cov = _mixture_moments(q)
+    D = q.dim
+    e_t, T = float(sde.t_min), float(sde.T)
+    a_e, v_e = float(sde.mean_coeff(jnp.asarray(e_t))), float(sde.variance(jnp.asarray(e_t)))
+    mean_e, cov_e = a_e * mean, a_e**2 * cov + v_e * np.eye(D)
+    S = float(np.trace(cov))
+    grid = engine.time_grid(sde, e_t, T, n_panels=16, order=16)
+    tn = jnp.asarray(grid.t)
+    al = np.asarray(sde.mean_coeff(tn))
+    sg2 = np.asarray(sde.variance(tn))
+    aT, vT = float(sde.mean_coeff(jnp.asarray(T))), float(sde.variance(jnp.asarray(T)))
+    s2p = float(sde.prior_std) ** 2
+    prior = 0.5 * (aT**2 * (S + mean @ mean) + D * vT) / s2p + 0.5 * D * math.log(2 * math.pi * s2p)
+    const = 0.5 * D * math.log(vT / v_e)
+
+    def elbo(theta):
+        vh = al**2 * theta + sg2
+        integrand = al**2 * S / vh**2 + D * (1.0 / np.sqrt(sg2) - np.sqrt(sg2) / vh) ** 2
+        return prior + 0.5 * float(grid.w_g2 @ integrand) - const
+
+    def nll(theta):
+        model = AffineModel(jnp.asarray(mean), jnp.full((D,), theta), jnp.zeros(D), jnp.zeros(D))
+        s = affine_summary(mean, np.full(D, theta), model, sde, n_panels=2, order=4)
+        mu_p, w_p = s.sde_law
+        # E_{q_ε}[−log N(x; μ_p, diag w_p)]
+        return float(0.5 * np.sum((np.diag(cov_e) + (mean_e - mu_p) ** 2) / w_p + np.log(2 * np.pi * w_p)))
+
+    opt = dict(bounds=bounds, method="bounded", options=dict(xatol=1e-7))
+    th_e = optimize.minimize_scalar(elbo, **opt).x
+    th_n = optimize.minimize_scalar(nll, **opt).x
+    dist = abs(th_e - th_n)
+    return [
+        engine.inequality("ly_elbo_ge_nll", PAPER + " / Song+21", "NLL(theta) <= ELBO(theta) at theta_ELBO",
+                          nll(th_e), elbo(th_e), 0.0, atol=1e-8, settings=dict(theta=th_e, D=D, K=q.n_components)),
+        engine.identity("ly_elbo_minimiser", PAPER, "argmin ELBO ~= argmin NLL (one-parameter family)", th_e, th_n,
+                        0.0, atol=0.02 * th_n,
+                        settings=dict(theta_elbo=th_e, theta_nll=th_n, distance=dist, moment_match=S / D,
+                                      elbo_at_min=elbo(th_e), nll_at_min=nll(th_n), sde=type(sde).__name__, D=D)),
+    ]
