@@ -123,7 +123,7 @@ def check_density_formula(q: GaussianMixture, x, *, sde: LiYanSDE | None = None,
         est_i = logqT - 0.5 * (vals[..., j] @ w)
         m, se = engine.mc_mean(est_i)
         out.append(engine.identity(
-            f"ly_density_formula_{form}", PAPER, f"Eq. 5.1 ({form.upper()} form) = log q_0(x)", m, exact, se,
+            f"ly_density_formula_{form}", PAPER, f"Eq. 5.1 ({form.upper()} form) = log q_0(x)", m, exact, se, atol=1e-8,
             settings=dict(D=D, K=q.n_components, n_samples=n_samples, T=sde.T, quad_nodes=grid.n,
                           prior_term="E log q_T(X_T) exact-MC",
                           control_variate="same estimator for N(mean q, tr Cov/D I) minus its exact log-density", gaussian_prior_value=-0.5 * D * math.log(2 * math.pi * math.e)),
