@@ -21,6 +21,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
@@ -206,7 +207,7 @@ def list_configs() -> list[str]:
     return sorted(PRESETS)
 
 
-def get_config(name: str, overrides: typing.Sequence[str] = ()) -> Config:
+def get_config(name: str, overrides: Sequence[str] = ()) -> Config:
     """The preset ``name`` with ``key=value`` overrides applied."""
     if name not in PRESETS:
         raise ValueError(f"unknown config {name!r}; choose one of: {', '.join(list_configs())}.")
@@ -276,7 +277,7 @@ def _parse(raw: str, tp, key: str):
     raise ValueError(f"{key}: unsupported field type {tp!r}.")
 
 
-def apply_overrides(cfg: Config, overrides: typing.Sequence[str]) -> Config:
+def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     """Apply ``section.field=value`` overrides; unknown keys and unparsable values raise ``ValueError``."""
     hints = {f.name: typing.get_type_hints(type(getattr(cfg, f.name))) for f in fields(cfg) if f.name != "name"}
     for item in overrides:

@@ -22,7 +22,8 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -217,7 +218,7 @@ def make_train_step(static, sde, stream, tx, schedule, cfg: Config, mesh=None):
         metrics = {
             "loss": loss,
             "loss_se": jnp.std(terms) / jnp.sqrt(jnp.asarray(terms.shape[0], F32)),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step),
         }
         for name, lo, hi in (("low_noise", 0.0, 1 / 3), ("mid_noise", 1 / 3, 2 / 3), ("high_noise", 2 / 3, 1.01)):
@@ -243,6 +244,7 @@ class RunResult:
     static: Any
     stopped_by_signal: bool
     last_checkpoint: int | None
+    last_metrics: dict | None = None
 
 
 def _config_identity(d: dict) -> dict:
@@ -301,11 +303,6 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
     if B % n_dev:
         raise ValueError(f"train.batch_size={B} must be divisible by the number of devices ({n_dev}).")
 
-    sde = build_sde(cfg.sde)
-    stream = make_stream(cfg.data, B, cfg.train.seed, jax.process_index(), jax.process_count())
-    state, static, tx, schedule = init_state(cfg, tuple(stream.event_shape))
-    state = jax.device_put(state, shd.replicated(mesh))
-
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep, every=cfg.train.ckpt_every)
     cfg_path = os.path.join(workdir, "config.json")
     latest = ckpt.latest_step()
@@ -313,15 +310,20 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
         raise FileExistsError(
             f"{workdir} already holds checkpoints (latest step {latest}); pass --resume to continue, or use a new --workdir."
         )
+    if latest is not None and os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            saved = json.load(f)
+        if _config_identity(saved) != _config_identity(config_to_dict(cfg)):
+            raise ValueError(
+                f"--resume: the config differs from the one in {cfg_path} in fields that change the run "
+                "(only train.num_steps, log_every, ckpt_every, keep, progress and data.data_dir may change)."
+            )
+
+    sde = build_sde(cfg.sde)
+    stream = make_stream(cfg.data, B, cfg.train.seed, jax.process_index(), jax.process_count())
+    state, static, tx, schedule = init_state(cfg, tuple(stream.event_shape))
+    state = jax.device_put(state, shd.replicated(mesh))
     if latest is not None:
-        if os.path.exists(cfg_path):
-            with open(cfg_path) as f:
-                saved = json.load(f)
-            if _config_identity(saved) != _config_identity(config_to_dict(cfg)):
-                raise ValueError(
-                    f"--resume: the config differs from the one in {cfg_path} in fields that change the run "
-                    "(only train.num_steps, log_every, ckpt_every, keep, progress and data.data_dir may change)."
-                )
         state = ckpt.restore(latest, state)
         if is_main:
             log(f"resumed from checkpoint step {latest} in {ckpt.directory}")
@@ -389,7 +391,9 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
     if pbar is not None:
         pbar.close()
     ckpt.close()
-    return RunResult(state=state, static=static, stopped_by_signal=stopped, last_checkpoint=last_saved)
+    last_metrics = metrics if cfg.train.num_steps > start else None
+    return RunResult(state=state, static=static, stopped_by_signal=stopped, last_checkpoint=last_saved,
+                     last_metrics=last_metrics)
 
 
 def load_state(cfg: Config, workdir: str | os.PathLike, step: int | None = None) -> tuple[TrainState, Any]:
