@@ -29,11 +29,12 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from numerics.sde import SDE
 
-__all__ = ["LikelihoodResult", "SolverError", "ode_log_likelihood", "bits_per_dim", "evaluations_per_step"]
+__all__ = ["LikelihoodResult", "SolverError", "ode_log_likelihood", "score_and_divergence", "bits_per_dim", "evaluations_per_step"]
 
 
 class SolverError(RuntimeError):
@@ -74,55 +75,73 @@ def evaluations_per_step(solver) -> int:
     return stages - 1 if getattr(tableau, "fsal", False) else stages
 
 
-def _solve_one(score_fn, sde, prior_log_prob, x, probes, *, t0, t1, rtol, atol, solver, max_steps, exact):
-    """One sample: returns (log p per probe, x_T, number of attempted steps, ok flag)."""
-    event_shape = x.shape
+def score_and_divergence(score_fn: Callable, x: Float[Array, "*event"], t) -> tuple[Array, Array]:
+    """(s(x, t), ∇·s(x, t)) for ONE sample, the divergence exact.
+
+    If ``score_fn`` has a method ``score_and_divergence(x, t)`` (the exact mixture score does: the
+    closed-form Laplacian, O(K D²)), it is used; otherwise the trace of the Jacobian from one
+    linearisation and D Jacobian-vector products (STACK_NOTES.md: ~D evaluations; use Hutchinson
+    from D ≈ 100).
+    """
+    hook = getattr(score_fn, "score_and_divergence", None)
+    if hook is not None:
+        return hook(x, t)
+    s, lin = jax.linearize(lambda z: score_fn(z, t), x)
+    dim = x.size
+    basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, *x.shape))
+    return s, jnp.trace(jax.vmap(lin)(basis).reshape(dim, dim))
+
+
+def _solve_one(score_fn, sde, prior_log_prob, x, probes, tols, *, solver, max_steps):
+    """One sample: (log p per probe, x_T, log π(x_T), attempted steps, ok). ``probes`` None ⇒ exact trace."""
+    rtol, atol, t0, t1 = tols[0], tols[1], tols[2], tols[3]
     dim = x.size
 
     def vector_field(t, y, args):
         xt, _ = y
-        s, lin = jax.linearize(lambda z: score_fn(z, t), xt)
-        f, g2 = sde.drift_coeff(t), sde.diffusion_sq(t)
-        if exact:
-            basis = jnp.eye(dim, dtype=xt.dtype).reshape((dim, *event_shape))
-            jac_diag = jax.vmap(lin)(basis).reshape(dim, dim)
-            div_s = jnp.trace(jac_diag)[None]
+        if probes is None:
+            s, div = score_and_divergence(score_fn, xt, t)
+            div_s = div[None]
         else:
+            s, lin = jax.linearize(lambda z: score_fn(z, t), xt)
             jv = jax.vmap(lin)(probes)
             div_s = jnp.sum((probes * jv).reshape(probes.shape[0], -1), axis=-1)
-        dx = f * xt - 0.5 * g2 * s
-        ddelta = dim * f - 0.5 * g2 * div_s
-        return dx, ddelta
+        f, g2 = sde.drift_coeff(t), sde.diffusion_sq(t)
+        return f * xt - 0.5 * g2 * s, dim * f - 0.5 * g2 * div_s
 
-    n_div = 1 if exact else probes.shape[0]
-    y0 = (x, jnp.zeros((n_div,), dtype=x.dtype))
+    n_div = 1 if probes is None else probes.shape[0]
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
         solver,
         t0=t0,
         t1=t1,
         dt0=None,
-        y0=y0,
+        y0=(x, jnp.zeros((n_div,), dtype=x.dtype)),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps,
         throw=False,
     )
     x_T = sol.ys[0][-1]
-    delta = sol.ys[1][-1]
     prior = prior_log_prob(x_T)
-    log_p = prior + delta
+    log_p = prior + sol.ys[1][-1]
     ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(log_p)) & jnp.all(jnp.isfinite(x_T))
     return log_p, x_T, prior, sol.stats["num_steps"], ok
 
 
 @eqx.filter_jit
-def _solve_batch(score_fn, sde, prior_log_prob, x, probes, config):
-    t0, t1, rtol, atol, solver, max_steps, exact = config
-    fn = lambda xi, pi: _solve_one(  # noqa: E731
-        score_fn, sde, prior_log_prob, xi, pi,
-        t0=t0, t1=t1, rtol=rtol, atol=atol, solver=solver, max_steps=max_steps, exact=exact,
+def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_steps):
+    """The whole batch in one compiled call; tolerances and times are traced (no recompilation)."""
+    fn = lambda xi, pi: _solve_one(score_fn, sde, prior_log_prob, xi, pi, tols, solver=solver, max_steps=max_steps)  # noqa: E731
+    log_p, x_T, prior, num_steps, ok = jax.vmap(fn, in_axes=(0, None if probes is None else 0))(x, probes)
+    per_step = evaluations_per_step(solver)
+    nfe = num_steps * per_step + 1 if per_step > 0 else jnp.full_like(num_steps, -1)
+    n = log_p.shape[1]
+    mean = jnp.mean(log_p, axis=1)
+    stderr = jnp.std(log_p, axis=1, ddof=1) / math.sqrt(n) if n > 1 else jnp.full_like(mean, jnp.nan)
+    result = LikelihoodResult(
+        log_prob=mean, latent=x_T, nfe=nfe, stderr=stderr, log_prob_per_probe=log_p, prior_log_prob=prior
     )
-    return jax.vmap(fn)(x, probes)
+    return result, ok, jnp.sum(~ok)
 
 
 def _failure_message(n_bad: int | str, n: int, max_steps: int) -> str:
@@ -183,10 +202,10 @@ def ode_log_likelihood(
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating-point array; got dtype {x.dtype}.")
-    concrete = not isinstance(x, jax.core.Tracer)
-    if concrete and not bool(jnp.all(jnp.isfinite(x))):
-        bad = int(jnp.sum(~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=-1)))
-        raise ValueError(f"x contains NaN or inf in {bad} of {x.shape[0]} samples; remove or fix them.")
+    if not isinstance(x, jax.core.Tracer):
+        finite = np.isfinite(np.asarray(x).reshape(x.shape[0], -1)).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"x contains NaN or inf in {int((~finite).sum())} of {x.shape[0]} samples; remove or fix them.")
     t0 = float(sde.t_min if t_start is None else t_start)
     t1 = float(sde.T)
     if not (0.0 <= t0 < t1):
@@ -194,37 +213,22 @@ def ode_log_likelihood(
     solver = diffrax.Tsit5() if solver is None else solver
     prior_log_prob = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
 
-    exact = divergence == "exact"
-    if exact:
-        probes = jnp.zeros((x.shape[0], 1, *x.shape[1:]), dtype=x.dtype)
-    else:
+    probes = None
+    if divergence == "hutchinson":
         if key is None:
             raise ValueError("key is required for divergence='hutchinson' (it draws the probes).")
         shape = (x.shape[0], int(n_probes), *x.shape[1:])
-        if probe == "rademacher":
-            probes = jax.random.rademacher(key, shape, dtype=x.dtype)
-        else:
-            probes = jax.random.normal(key, shape, dtype=x.dtype)
+        draw = jax.random.rademacher if probe == "rademacher" else jax.random.normal
+        probes = draw(key, shape, dtype=x.dtype)
 
-    config = (t0, t1, float(rtol), float(atol), solver, int(max_steps), exact)
-    log_p, x_T, prior, num_steps, ok = _solve_batch(score_fn, sde, prior_log_prob, x, probes, config)
-
-    if isinstance(ok, jax.core.Tracer):
-        log_p = eqx.error_if(log_p, ~ok[:, None], _failure_message("some", x.shape[0], max_steps))
-    elif not bool(jnp.all(ok)):
-        raise SolverError(_failure_message(int(jnp.sum(~ok)), x.shape[0], max_steps))
-
-    per_step = evaluations_per_step(solver)
-    nfe = num_steps * per_step + 1 if per_step > 0 else jnp.full_like(num_steps, -1)
-    n = log_p.shape[1]
-    mean = jnp.mean(log_p, axis=1)
-    if n > 1:
-        stderr = jnp.std(log_p, axis=1, ddof=1) / math.sqrt(n)
-    else:
-        stderr = jnp.full_like(mean, jnp.nan)
-    return LikelihoodResult(
-        log_prob=mean, latent=x_T, nfe=nfe, stderr=stderr, log_prob_per_probe=log_p, prior_log_prob=prior
-    )
+    tols = jnp.asarray([rtol, atol, t0, t1], dtype=x.dtype)
+    result, ok, n_bad = _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, int(max_steps))
+    if isinstance(n_bad, jax.core.Tracer):
+        log_prob = eqx.error_if(result.log_prob, ~ok, _failure_message("some", x.shape[0], max_steps))
+        return eqx.tree_at(lambda r: r.log_prob, result, log_prob)
+    if int(n_bad) > 0:
+        raise SolverError(_failure_message(int(n_bad), x.shape[0], max_steps))
+    return result
 
 
 def bits_per_dim(

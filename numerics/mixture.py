@@ -179,6 +179,14 @@ class GaussianMixture(eqx.Module):
         _, _, s, m2 = self._m2_and_score(x)
         return m2 - jnp.outer(s, s)
 
+    def _score_and_laplacian1(self, x):
+        # Δ log q = Σ_k w_k (‖g_k‖² − tr P_k) − ‖s‖²  (trace of the Hessian formula above): O(K D²)
+        logits, _, g = self._terms(x)
+        w = jax.nn.softmax(logits)
+        s = w @ g
+        tr_p = jnp.sum(1.0 / self.eigvals, -1)
+        return s, w @ (jnp.sum(g**2, -1) - tr_p) - jnp.sum(s**2)
+
     def _grad_laplacian1(self, x):
         # THEORY.md §6.3: ∇Δ log q = Σ_k w_k[(‖g_k‖² − tr P_k) g_k − 2 P_k g_k] − (tr(M2) s + 2 M2 s) + 2‖s‖² s
         w, g, s, m2 = self._m2_and_score(x)
@@ -206,6 +214,11 @@ class GaussianMixture(eqx.Module):
     def hessian(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D D"]:
         """∇² log q(x) = Σ_k w_k (g_k g_kᵀ − Σ_k^{-1}) − s sᵀ."""
         return jnp.vectorize(self._hessian1, signature="(d)->(d,d)")(jnp.asarray(x))
+
+    @eqx.filter_jit
+    def laplacian(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch"]:
+        """Δ log q(x) = tr ∇² log q(x) = Σ_k w_k(‖g_k‖² − tr Σ_k^{-1}) − ‖s‖², in O(K D²)."""
+        return jnp.vectorize(lambda z: self._score_and_laplacian1(z)[1], signature="(d)->()")(jnp.asarray(x))
 
     @eqx.filter_jit
     def grad_laplacian(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
@@ -263,6 +276,13 @@ class MixtureScore(eqx.Module):
     mixture: GaussianMixture
     sde: SDE
 
+    def _at(self, t) -> GaussianMixture:
+        return self.mixture._diffuse(self.sde.mean_coeff(t), self.sde.variance(t))
+
     def __call__(self, x: Float[Array, " D"], t) -> Float[Array, " D"]:
-        q_t = self.mixture._diffuse(self.sde.mean_coeff(t), self.sde.variance(t))
-        return q_t._score1(x)
+        return self._at(t)._score1(x)
+
+    def score_and_divergence(self, x: Float[Array, " D"], t) -> tuple[Float[Array, " D"], Float[Array, ""]]:
+        """(∇ log q_t(x), Δ log q_t(x)) in closed form: the exact divergence for
+        :func:`numerics.likelihood.ode_log_likelihood` at O(K D²) instead of D Jacobian-vector products."""
+        return self._at(t)._score_and_laplacian1(x)

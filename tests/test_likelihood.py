@@ -84,7 +84,8 @@ def test_exact_divergence_on_images_shape():
     flat = ode_log_likelihood(mix.score_fn(sde), sde, x, rtol=1e-9, atol=1e-9)
     img_score = lambda z, t: mix.score_fn(sde)(z.reshape(4), t).reshape(1, 2, 2)  # noqa: E731
     img = ode_log_likelihood(img_score, sde, x.reshape(2, 1, 2, 2), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(np.asarray(img.log_prob), np.asarray(flat.log_prob), rtol=1e-12)
+    # the image path uses D Jacobian-vector products, the flat one the closed-form Laplacian: same value
+    np.testing.assert_allclose(np.asarray(img.log_prob), np.asarray(flat.log_prob), rtol=0, atol=1e-8)
     assert img.latent.shape == (2, 1, 2, 2)
 
 

@@ -64,6 +64,7 @@ def test_derivatives_match_finite_differences(mixture, sde, u, seed):
         np.testing.assert_allclose(s, s_fd, atol=tol(s_fd))
         np.testing.assert_allclose(H, H_fd, atol=tol(H_fd))
         np.testing.assert_allclose(H, H.T, atol=1e-12 * (1 + np.max(np.abs(H))))
+        np.testing.assert_allclose(float(q.laplacian(xi)), np.trace(H_fd), atol=tol(H_fd))
         np.testing.assert_allclose(gl, gl_fd, atol=1e-5 * (1.0 + np.max(np.abs(gl_fd))))
 
 
