@@ -129,7 +129,10 @@ def init_state(cfg: Config, event_shape: tuple[int, ...]) -> tuple[TrainState, A
     model_cfg = cfg.model
 
     def make(seed):
-        key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED)
+        # Initialisation draws from the counter-based "unsafe_rbg" generator (XLA RngBitGenerator):
+        # it compiles several times faster than threefry on CPU and runs once per run (a resumed
+        # run restores its parameters), so its weaker splitting guarantees do not matter here.
+        key = jax.random.key(seed, impl="unsafe_rbg")
         model = build_model(model_cfg, event_shape, key)
         params, static = eqx.partition(model, eqx.is_inexact_array)
         params = jax.tree.map(lambda a: a.astype(F32), params)
