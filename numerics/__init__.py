@@ -17,6 +17,8 @@ from numerics.sde import (  # noqa: E402
     LogSNRSDE,
     LinearGamma,
     CosineGamma,
+    LogitGamma,
+    LiYanSDE,
     check_time,
 )
 
@@ -28,6 +30,8 @@ __all__ = [
     "LogSNRSDE",
     "LinearGamma",
     "CosineGamma",
+    "LogitGamma",
+    "LiYanSDE",
     "check_time",
 ]
 

@@ -33,6 +33,8 @@ __all__ = [
     "LogSNRSDE",
     "LinearGamma",
     "CosineGamma",
+    "LogitGamma",
+    "LiYanSDE",
     "check_time",
 ]
 
@@ -373,6 +375,18 @@ class CosineGamma(eqx.Module):
         return jnp.arccos(jnp.clip(1.0 - 2.0 * h, -1.0, 1.0)) / jnp.pi
 
 
+class LogitGamma(eqx.Module):
+    """γ(t) = log(t/(1 − t)): σ_t² = t, α_t² = 1 − t — the forward process of Li & Yan 2024 (§2;
+    THEORY.md §5.1), in which t is the noise variance and DDPM's chain is embedded at t_k = 1 − ᾱ_k."""
+
+    def __call__(self, t):
+        t = _time(t)
+        return jnp.log(t) - jnp.log1p(-t)
+
+    def inverse(self, gamma):
+        return jax.nn.sigmoid(jnp.asarray(gamma))
+
+
 class LogSNRSDE(SDE):
     """Variance-preserving SDE defined by a monotone increasing γ(t) = −log SNR(t) (VDM).
 
@@ -436,3 +450,14 @@ def _check_range(t_min, T, allow_zero: bool = False) -> tuple[float, float]:
     if T <= t_min:
         raise ValueError(f"T must be > t_min; got T={T}, t_min={t_min}.")
     return t_min, T
+
+
+class LiYanSDE(LogSNRSDE):
+    """Li & Yan 2024: dX = −X/(2(1−t)) dt + dB/√(1−t), i.e. VP with β(t) = 1/(1 − t) (THEORY.md §5.1):
+    α_t² = 1 − t, σ_t² = t, and X_1 ~ N(0, I) exactly. g² = 1/(1−t) is singular at t = 1, so the
+    default T is 1 − 10⁻⁶."""
+
+    def __init__(self, *, t_min: float = 1e-5, T: float = 1.0 - 1e-6):
+        if not (0 < t_min < T < 1):
+            raise ValueError(f"Li & Yan's SDE needs 0 < t_min < T < 1; got t_min={t_min}, T={T}.")
+        super().__init__(LogitGamma(), t_min=t_min, T=T)

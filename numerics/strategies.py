@@ -17,11 +17,11 @@ import numpy as np
 from hypothesis import strategies as st
 
 from numerics.mixture import GaussianMixture
-from numerics.sde import VPSDE, VESDE, CosineGamma, LinearGamma, LogSNRSDE, SubVPSDE
+from numerics.sde import VPSDE, VESDE, CosineGamma, LiYanSDE, LinearGamma, LogSNRSDE, SubVPSDE
 
 __all__ = ["mixture_params", "mixtures", "sdes", "SDE_KINDS"]
 
-SDE_KINDS = ("vp", "subvp", "ve", "ve_score_sde", "logsnr")
+SDE_KINDS = ("vp", "subvp", "ve", "ve_score_sde", "logsnr", "li_yan")
 
 
 @st.composite
@@ -62,23 +62,34 @@ def mixtures(draw, **kwargs) -> GaussianMixture:
     return GaussianMixture(*draw(mixture_params(**kwargs)))
 
 
+def _param(draw, lo: float, hi: float, continuous: bool, grid: tuple[float, ...]) -> float:
+    return draw(st.floats(lo, hi)) if continuous else draw(st.sampled_from(grid))
+
+
 @st.composite
-def sdes(draw, kinds: tuple[str, ...] = ("vp", "subvp", "ve"), t_min: float | None = None):
-    """A random SDE of one of ``kinds`` (see :data:`SDE_KINDS`) with parameters near the papers'."""
+def sdes(draw, kinds: tuple[str, ...] = ("vp", "subvp", "ve"), t_min: float | None = None, continuous: bool = False):
+    """A random SDE of one of ``kinds`` (see :data:`SDE_KINDS`) with parameters near the papers'.
+
+    SDE parameters are static (compile-time) fields, so by default each parameter is drawn from a
+    small grid spanning its range: examples then share compiled code. ``continuous=True`` draws
+    every parameter from its whole interval instead (one compilation per example).
+    """
     kind = draw(st.sampled_from(kinds))
     eps = t_min if t_min is not None else draw(st.sampled_from([1e-4, 1e-3, 1e-2]))
     if kind in ("vp", "subvp"):
-        beta_min = draw(st.floats(0.05, 0.5))
-        beta_max = draw(st.floats(5.0, 25.0))
+        beta_min = _param(draw, 0.05, 0.5, continuous, (0.1, 0.3))
+        beta_max = _param(draw, 5.0, 25.0, continuous, (8.0, 20.0))
         cls = VPSDE if kind == "vp" else SubVPSDE
         return cls(beta_min, beta_max, t_min=eps)
     if kind in ("ve", "ve_score_sde"):
-        sigma_min = draw(st.floats(0.005, 0.05))
-        sigma_max = draw(st.floats(5.0, 80.0))
+        sigma_min = _param(draw, 0.005, 0.05, continuous, (0.01, 0.03))
+        sigma_max = _param(draw, 5.0, 80.0, continuous, (10.0, 50.0))
         return VESDE(sigma_min, sigma_max, kernel="exact" if kind == "ve" else "score_sde", t_min=eps)
     if kind == "logsnr":
-        gamma_min = draw(st.floats(-14.0, -8.0))
-        gamma_max = draw(st.floats(3.0, 8.0))
+        gamma_min = _param(draw, -14.0, -8.0, continuous, (-13.3, -10.0))
+        gamma_max = _param(draw, 3.0, 8.0, continuous, (5.0, 8.0))
         cls = draw(st.sampled_from([LinearGamma, CosineGamma]))
         return LogSNRSDE(cls(gamma_min, gamma_max), t_min=0.0)
+    if kind == "li_yan":
+        return LiYanSDE(t_min=eps)
     raise ValueError(f"unknown SDE kind {kind!r}; choose from {SDE_KINDS}.")

@@ -20,7 +20,7 @@ def _d(fn, t):
     return jax.grad(lambda u: fn(u))(jnp.asarray(t, jnp.float64))
 
 
-@given(nst.sdes(kinds=ALL_KINDS), st.floats(0.0, 1.0))
+@given(nst.sdes(kinds=ALL_KINDS, continuous=True), st.floats(0.0, 1.0))
 def test_kernel_solves_its_odes(sde, u):
     """dα/dt = f α, dσ²/dt = 2 f σ² + g², and g²/σ² = −d log SNR/dt (THEORY.md §1.1, Eq. 1.1)."""
     t = 1e-4 + u * (sde.T - 1e-4)

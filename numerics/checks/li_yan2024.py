@@ -29,46 +29,11 @@ from numerics.checks import engine
 from numerics.checks.affine import AffineModel, affine_summary
 from numerics.checks.engine import CheckResult
 from numerics.mixture import GaussianMixture
-from numerics.sde import SDE
+from numerics.sde import SDE, LiYanSDE
 
 __all__ = ["LiYanSDE", "check_density_formula", "check_ddpm_formula", "check_elbo_minimiser"]
 
 PAPER = "L&Y24"
-
-
-class LiYanSDE(SDE):
-    """dX = −X/(2(1−t)) dt + dB/√(1−t) (Li & Yan 2024): f = −1/(2(1−t)), g² = 1/(1−t), α² = 1 − t, σ² = t."""
-
-    t_min: float = eqx.field(static=True)
-    T: float = eqx.field(static=True)
-
-    def __init__(self, *, t_min: float = 1e-5, T: float = 1.0 - 1e-6):
-        if not (0 < t_min < T < 1):
-            raise ValueError(f"need 0 < t_min < T < 1; got t_min={t_min}, T={T}.")
-        self.t_min, self.T = float(t_min), float(T)
-
-    def drift_coeff(self, t):
-        return -0.5 / (1.0 - jnp.asarray(t, dtype=jnp.float64))
-
-    def diffusion_sq(self, t):
-        return 1.0 / (1.0 - jnp.asarray(t, dtype=jnp.float64))
-
-    def log_mean_coeff(self, t):
-        return 0.5 * jnp.log1p(-jnp.asarray(t, dtype=jnp.float64))
-
-    def variance(self, t):
-        return jnp.asarray(t, dtype=jnp.float64)
-
-    def log_snr(self, t):
-        t = jnp.asarray(t, dtype=jnp.float64)
-        return jnp.log1p(-t) - jnp.log(t)
-
-    def inverse_log_snr(self, log_snr):
-        return jax.nn.sigmoid(-jnp.asarray(log_snr, dtype=jnp.float64))
-
-    @property
-    def prior_std(self) -> float:
-        return 1.0
 
 
 def _ly_one(model, x_t, t, eps, sigma):
