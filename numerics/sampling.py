@@ -48,7 +48,7 @@ __all__ = [
 
 
 def _score_batch(score_fn: Callable, x: Array, t: Array) -> Array:
-    return jax.vmap(score_fn, in_axes=(0, None))(x, t)
+    return jax.vmap(score_fn, in_axes=(0, None))(x, t).astype(x.dtype)
 
 
 def _check_start(x_T) -> None:
@@ -178,20 +178,21 @@ class ODESampleResult(eqx.Module):
 
 def _ode_one(score_fn, sde, x, *, rtol, atol, solver, max_steps):
     def vector_field(t, y, args):
-        return sde.drift_coeff(t).astype(y.dtype) * y - 0.5 * sde.diffusion_sq(t).astype(y.dtype) * score_fn(y, t)
+        s = score_fn(y, t).astype(y.dtype)
+        return sde.drift_coeff(t).astype(y.dtype) * y - 0.5 * sde.diffusion_sq(t).astype(y.dtype) * s
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
         solver,
-        t0=float(sde.T),
-        t1=float(sde.t_min),
+        t0=jnp.asarray(sde.T, x.dtype),
+        t1=jnp.asarray(sde.t_min, x.dtype),
         dt0=None,
         y0=x,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps,
         throw=False,
     )
-    y = sol.ys[-1]
+    y = sol.ys[-1].astype(x.dtype)
     ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(y))
     return y, sol.stats["num_steps"], ok
 

@@ -257,3 +257,23 @@ def test_gradients_stop_through_lower_orders(estimator):
         a, b, c_ = (jnp.concatenate([jnp.ravel(x) for x in jax.tree_util.tree_leaves(g)]) for g in (g_lib, g_ref, g_all))
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
         assert float(jnp.max(jnp.abs(a - c_))) > 1e-4 * float(jnp.max(jnp.abs(a)))
+
+
+def test_float32_follows_the_input_dtype():
+    """float32 data and model ⇒ float32 terms, equal to the float64 computation at the same (t, ε, v) to float32 precision."""
+    D = 3
+    m64 = _TinyScore(D, jax.random.key(9))
+    m32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, m64)
+    sde = numerics.VPSDE()
+    x0 = jax.random.normal(jax.random.key(10), (4, D))
+    t = jnp.array([0.1, 0.3, 0.6, 0.9])
+    eps = jax.random.normal(jax.random.key(11), (4, D))
+    probes = jax.random.rademacher(jax.random.key(12), (4, 1, D), dtype=jnp.float64)
+    terms = eqx.filter_jit(lambda m, x, tt, e, v: ho.high_order_terms(m, sde, x, tt, e, order=3, probes=v))
+    lo = terms(m32, x0.astype(jnp.float32), t.astype(jnp.float32), eps.astype(jnp.float32), probes.astype(jnp.float32))
+    hi = terms(m64, x0, t, eps, probes)
+    for a, b in zip(lo, hi):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6)
+    out = eqx.filter_jit(ho.high_order_dsm_loss)(m32, sde, x0.astype(jnp.float32), jax.random.key(0), order=3)
+    assert out.total.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out.total)))

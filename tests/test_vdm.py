@@ -261,3 +261,18 @@ def test_vdm_loss_discrete_path_and_errors():
         vdm.vdm_loss(model, sde, x.astype(jnp.float64), jax.random.key(0), data="discrete")
     t = vdm.antithetic_times(jax.random.key(1), 8)
     np.testing.assert_allclose(np.sort(np.asarray(t)) - np.sort(np.asarray(t))[0], np.arange(8) / 8, atol=1e-12)
+
+
+def test_float32_follows_the_input_dtype():
+    """float32 data ⇒ float32 VLB terms; the diffusion terms equal the float64 ones at the same (t, ε) to float32 precision."""
+    sde = numerics.LogSNRSDE(numerics.LinearGamma(GMIN, GMAX))
+    model = lambda z, t: jnp.tanh(z) * t  # noqa: E731
+    x = jax.random.normal(jax.random.key(0), (5, 2))
+    t = jnp.linspace(0.05, 0.95, 5)
+    eps = jax.random.normal(jax.random.key(1), (5, 2))
+    for fn in (vdm.continuous_diffusion_loss, lambda *a: vdm.discrete_diffusion_loss(*a, 16)):
+        lo = fn(model, sde, x.astype(jnp.float32), t.astype(jnp.float32), eps.astype(jnp.float32))
+        assert lo.dtype == jnp.float32
+        np.testing.assert_allclose(lo, fn(model, sde, x, t, eps), rtol=1e-4)
+    out = eqx.filter_jit(vdm.vdm_loss)(model, sde, x.astype(jnp.float32), jax.random.key(2))
+    assert all(a.dtype == jnp.float32 for a in (out.total, out.prior, out.reconstruction, out.diffusion))
