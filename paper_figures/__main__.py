@@ -50,7 +50,7 @@ def _theorem_table(ctx: Context) -> tuple[str, dict | None]:
     except ImportError:  # the checks are not installed in this checkout
         return "_The theorem table is not available: `numerics.report` is missing._\n", None
     out = ctx.out / "theorems"
-    args = ["--out", str(out)] + (["--quick"] if ctx.reduced else [])
+    args = ["--out", str(out), "--quiet"] + (["--n-samples", "256"] if ctx.reduced else [])
     report.main(args)
     md = (out / "report.md").read_text() if (out / "report.md").exists() else ""
     data = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else None
