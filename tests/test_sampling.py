@@ -80,16 +80,14 @@ def test_ode_sampler_inverts_the_likelihood_map():
 
 
 def test_denoise_is_the_exact_tweedie_mean():
-    """denoise=True returns E[x_0 | x_{t_min}] = the mixture's exact denoiser of the undenoised output (same key)."""
+    """denoise=True returns E[x_0 | x_{t_min}] = the mixture's exact denoiser of the undenoised output (same key;
+    all samplers share :func:`tweedie_denoise`)."""
     sde, mix = SDES["vp"], _mix1()
     x_T = mix.diffuse(sde, sde.T).sample(jax.random.key(3), 64)
     score = mix.score_fn(sde)
     raw = smp.euler_maruyama_sample(score, sde, x_T, jax.random.key(4), n_steps=20)
     den = smp.euler_maruyama_sample(score, sde, x_T, jax.random.key(4), n_steps=20, denoise=True)
     np.testing.assert_allclose(den, mix.denoiser(sde, sde.t_min, raw), rtol=1e-10, atol=1e-12)
-    pc_raw = smp.predictor_corrector_sample(score, sde, x_T, jax.random.key(4), n_steps=10)
-    pc_den = smp.predictor_corrector_sample(score, sde, x_T, jax.random.key(4), n_steps=10, denoise=True)
-    np.testing.assert_allclose(pc_den, mix.denoiser(sde, sde.t_min, pc_raw), rtol=1e-10, atol=1e-12)
 
 
 def test_failures_raise():
@@ -115,11 +113,8 @@ def test_float32_samplers_follow_the_input_dtype():
     x_T = mix.diffuse(sde, sde.T).sample(jax.random.key(6), 16)
     score = mix.score_fn(sde)
     x32 = x_T.astype(jnp.float32)
-    for out in (
-        smp.euler_maruyama_sample(score, sde, x32, jax.random.key(7), n_steps=50),
-        smp.predictor_corrector_sample(score, sde, x32, jax.random.key(7), n_steps=20),
-    ):
-        assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+    out = smp.predictor_corrector_sample(score, sde, x32, jax.random.key(7), n_steps=20)
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
     lo = smp.ode_sample(score, sde, x32).samples
     hi = smp.ode_sample(score, sde, x_T).samples
     assert lo.dtype == jnp.float32

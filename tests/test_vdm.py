@@ -96,7 +96,7 @@ def test_gaussian_reference_values_L_inf_and_L_T():
         ti = jnp.clip(jnp.ceil(t * n_steps), 1, n_steps) / n_steps
         si = ti - 1.0 / n_steps
         z = jnp.sqrt(jax.nn.sigmoid(-sde.gamma(ti)))[:, None] * x + jnp.sqrt(jax.nn.sigmoid(sde.gamma(ti)))[:, None] * eps
-        x_hat = jax.vmap(lambda zi, tt: mix._denoiser(sde, tt, zi))(z, ti)
+        x_hat = jax.vmap(lambda zi, tt: mix.denoiser(sde, tt, zi))(z, ti)
         snr = lambda u: jnp.exp(-sde.gamma(u))  # noqa: E731
         snr_form = 0.5 * n_steps * (snr(si) - snr(ti)) * jnp.sum((x - x_hat) ** 2, -1)
         return l_inf, l_T, snr_form
