@@ -48,7 +48,10 @@ def is_zero(expr: sp.Expr) -> bool:
         sp.factor,
     )
     for step in steps:
-        expr = step(expr)
+        try:
+            expr = step(expr)
+        except (TypeError, sp.PolynomialError):  # e.g. unevaluated Subs/Derivative objects
+            continue
         if expr == 0:
             return True
     return False
