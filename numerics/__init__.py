@@ -46,3 +46,22 @@ __all__ += ["WEIGHTINGS", "dsm_loss", "dsm_loss_terms", "sample_time", "time_wei
 from numerics.likelihood import LikelihoodResult, SolverError, bits_per_dim, ode_log_likelihood  # noqa: E402
 
 __all__ += ["LikelihoodResult", "SolverError", "bits_per_dim", "ode_log_likelihood"]
+
+from numerics import high_order, sampling, vdm  # noqa: E402
+from numerics.losses import perturb  # noqa: E402
+from numerics.sampling import euler_maruyama_sample, ode_sample, predictor_corrector_sample  # noqa: E402
+from numerics.high_order import high_order_dsm_loss  # noqa: E402
+from numerics.vdm import MonotoneGamma, vdm_loss  # noqa: E402
+
+__all__ += [
+    "high_order",
+    "sampling",
+    "vdm",
+    "perturb",
+    "euler_maruyama_sample",
+    "ode_sample",
+    "predictor_corrector_sample",
+    "high_order_dsm_loss",
+    "MonotoneGamma",
+    "vdm_loss",
+]

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from numerics.losses import dsm_loss_terms, sample_time
+from numerics.losses import dsm_loss_terms, perturb, sample_time
 from numerics.mixture import GaussianMixture
 from numerics.sde import SDE, check_time
 
@@ -257,10 +257,7 @@ def high_order_terms(
         raise ValueError("probes is required for estimator='hutchinson' (shape (batch, n_probes, *event)).")
     score_model = _as_score_model(model, sde, parameterisation)
     t = t.astype(dtype)
-    alpha = sde.mean_coeff(t).astype(dtype)
-    sigma = sde.std(t).astype(dtype)
-    expand = (slice(None),) + (None,) * (x0.ndim - 1)
-    x_t = alpha[expand] * x0 + sigma[expand] * eps
+    x_t, sigma = perturb(sde, x0, t, eps)
     D = x0[0].size
     if normalisation == "code":
         n2, n3 = 1.0 / D**2, 1.0 / D**3

@@ -30,11 +30,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 from numerics.sde import SDE
 
-__all__ = ["LikelihoodResult", "SolverError", "ode_log_likelihood", "score_and_divergence", "bits_per_dim", "evaluations_per_step"]
+__all__ = [
+    "LikelihoodResult",
+    "SolverError",
+    "ode_log_likelihood",
+    "score_and_divergence",
+    "bits_per_dim",
+    "evaluations_per_step",
+    "check_solves",
+]
 
 
 class SolverError(RuntimeError):
@@ -141,15 +149,29 @@ def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_ste
     result = LikelihoodResult(
         log_prob=mean, latent=x_T, nfe=nfe, stderr=stderr, log_prob_per_probe=log_p, prior_log_prob=prior
     )
-    return result, ok, jnp.sum(~ok)
+    return result, ok
 
 
-def _failure_message(n_bad: int | str, n: int, max_steps: int) -> str:
+def _failure_message(what: str, n_bad: int | str, n: int, max_steps: int) -> str:
     return (
-        f"probability-flow ODE solve failed for {n_bad} of {n} samples: the adaptive solver reached "
+        f"{what} failed for {n_bad} of {n} samples: the adaptive solver reached "
         f"max_steps={max_steps} or produced a non-finite value. Check the score function for NaN/inf "
         "at small t, loosen rtol/atol, or raise max_steps."
     )
+
+
+def check_solves(value: Array, ok: Bool[Array, " N"], *, what: str, max_steps: int) -> Array:
+    """Raise :class:`SolverError` if any per-sample solve failed (``ok`` False); inside a caller's
+    ``jit`` (``ok`` traced), attach the same message to ``value`` with :func:`equinox.error_if`.
+    Shared by every batched adaptive solve of the project (likelihood, ODE sampling)."""
+    n = ok.shape[0]
+    if isinstance(ok, jax.core.Tracer):
+        mask = ~ok.reshape((-1,) + (1,) * (value.ndim - 1))
+        return eqx.error_if(value, mask, _failure_message(what, "some", n, max_steps))
+    n_bad = int(jnp.sum(~ok))
+    if n_bad:
+        raise SolverError(_failure_message(what, n_bad, n, max_steps))
+    return value
 
 
 def ode_log_likelihood(
@@ -222,13 +244,9 @@ def ode_log_likelihood(
         probes = draw(key, shape, dtype=x.dtype)
 
     tols = jnp.asarray([rtol, atol, t0, t1], dtype=x.dtype)
-    result, ok, n_bad = _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, int(max_steps))
-    if isinstance(n_bad, jax.core.Tracer):
-        log_prob = eqx.error_if(result.log_prob, ~ok, _failure_message("some", x.shape[0], max_steps))
-        return eqx.tree_at(lambda r: r.log_prob, result, log_prob)
-    if int(n_bad) > 0:
-        raise SolverError(_failure_message(int(n_bad), x.shape[0], max_steps))
-    return result
+    result, ok = _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, int(max_steps))
+    log_prob = check_solves(result.log_prob, ok, what="probability-flow ODE likelihood", max_steps=max_steps)
+    return eqx.tree_at(lambda r: r.log_prob, result, log_prob)
 
 
 def bits_per_dim(

@@ -35,7 +35,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from numerics.sde import SDE
 
-__all__ = ["WEIGHTINGS", "sample_time", "time_weight", "dsm_loss", "dsm_loss_terms"]
+__all__ = ["WEIGHTINGS", "perturb", "sample_time", "time_weight", "dsm_loss", "dsm_loss_terms"]
 
 Weighting = Literal["sigma2", "g2", "g2_is"]
 Parameterisation = Literal["score", "eps"]
@@ -70,6 +70,19 @@ def time_weight(sde: SDE, t, weighting: Weighting, *, t_min: float | None = None
     return jnp.full_like(t, sde.importance_normaliser(t0))
 
 
+def perturb(
+    sde: SDE, x0: Float[Array, "batch *event"], t: Float[Array, " batch"], eps: Float[Array, "batch *event"]
+) -> tuple[Float[Array, "batch *event"], Float[Array, " batch"]]:
+    """x_t = α_t x_0 + σ_t ε for a batch (the forward kernel, Song et al. 2021 Eq. 1), in the dtype of
+    ``x0``; returns (x_t, σ_t)."""
+    dtype = x0.dtype
+    t = t.astype(dtype)
+    alpha = sde.mean_coeff(t).astype(dtype)
+    sigma = sde.std(t).astype(dtype)
+    expand = (slice(None),) + (None,) * (x0.ndim - 1)
+    return alpha[expand] * x0 + sigma[expand] * eps, sigma
+
+
 def dsm_loss_terms(
     model: Callable,
     sde: SDE,
@@ -88,10 +101,8 @@ def dsm_loss_terms(
     """
     dtype = x0.dtype
     t = t.astype(dtype)
-    alpha = sde.mean_coeff(t).astype(dtype)
-    sigma = sde.std(t).astype(dtype)
+    x_t, sigma = perturb(sde, x0, t, eps)
     expand = (slice(None),) + (None,) * (x0.ndim - 1)
-    x_t = alpha[expand] * x0 + sigma[expand] * eps
     out = jax.vmap(model)(x_t, t)
     eps_hat = out if parameterisation == "eps" else -sigma[expand] * out
     sq = jnp.sum(jnp.square(eps - eps_hat).reshape(x0.shape[0], -1), axis=-1)

@@ -130,7 +130,7 @@ class GaussianMixture(eqx.Module):
     # --- diffusion ----------------------------------------------------------------------
     def diffuse(self, sde: SDE, t: float | Float[Array, ""]) -> "GaussianMixture":
         """The exact marginal q_t = Σ π_k N(α_t μ_k, α_t² Σ_k + σ_t² I) at a scalar time t."""
-        t = check_time(sde, t)
+        t = jnp.asarray(check_time(sde, t))
         return self._diffuse(sde.mean_coeff(t), sde.variance(t))
 
     def _diffuse(self, alpha, var) -> "GaussianMixture":
@@ -240,7 +240,7 @@ class GaussianMixture(eqx.Module):
         (THEORY.md §6.3). Returns (weights (*batch, K), means (*batch, K, D), covariances (K, D, D)).
         Requires σ_t > 0.
         """
-        return self._posterior(sde, check_time(sde, t), jnp.asarray(x_t))
+        return self._posterior(sde, jnp.asarray(check_time(sde, t)), jnp.asarray(x_t))
 
     @eqx.filter_jit
     def _posterior(self, sde, t, x_t):
@@ -261,7 +261,7 @@ class GaussianMixture(eqx.Module):
 
     def denoiser(self, sde: SDE, t, x_t: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
         """E[x_0 | x_t] = (x_t + σ_t² ∇log q_t(x_t)) / α_t (Tweedie; Efron 2011), exact."""
-        return self._denoiser(sde, check_time(sde, t), jnp.asarray(x_t))
+        return self._denoiser(sde, jnp.asarray(check_time(sde, t)), jnp.asarray(x_t))
 
     @eqx.filter_jit
     def _denoiser(self, sde, t, x_t):

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from numerics.likelihood import SolverError, evaluations_per_step
+from numerics.likelihood import SolverError, check_solves, evaluations_per_step
 from numerics.sde import SDE
 
 __all__ = [
@@ -223,15 +223,7 @@ def ode_sample(
         raise ValueError(f"rtol and atol must be positive; got rtol={rtol}, atol={atol}.")
     solver = diffrax.Tsit5() if solver is None else solver
     y, num_steps, ok = _ode_batch(score_fn, sde, x_T, (float(rtol), float(atol), solver, max_steps))
-    msg = (
-        "probability-flow ODE sampling failed for some samples: the adaptive solver reached "
-        f"max_steps={max_steps} or produced a non-finite value. Check the score function for NaN/inf "
-        "near t_min, loosen rtol/atol, or raise max_steps."
-    )
-    if isinstance(ok, jax.core.Tracer):
-        y = eqx.error_if(y, ~ok.reshape((-1,) + (1,) * (y.ndim - 1)), msg)
-    elif not bool(jnp.all(ok)):
-        raise SolverError(msg.replace("some samples", f"{int(jnp.sum(~ok))} of {ok.shape[0]} samples"))
+    y = check_solves(y, ok, what="probability-flow ODE sampling", max_steps=max_steps)
     if denoise:
         y = tweedie_denoise(score_fn, sde, y, sde.t_min)
     per_step = evaluations_per_step(solver)
