@@ -13,8 +13,10 @@ Hutchinson–Skilling's estimate vᵀ(∂s/∂x)v with probes held fixed along t
 (THEORY.md §2.8): the trajectory does not depend on v, so the n_probes estimates are i.i.d. given
 x and their spread gives a standard error of the estimate of log p.
 
-Every sample is solved with its own adaptive step sizes (vmap over ``diffeqsolve``): a shared
-step over a flattened batch controls only an average error. A solve that reaches ``max_steps``
+The batch is solved in one compiled call. By default all samples share adaptive steps whose error
+norm is the WORST per-sample RMS error, so every sample's error is controlled (the public code's
+RMS over a flattened batch controls only an average); ``steps="per_sample"`` gives each sample its
+own step sizes instead (vmap over ``diffeqsolve``). A solve that reaches ``max_steps``
 or produces a non-finite value raises :class:`SolverError` (inside a caller's ``jit``, an
 equinox runtime error with the same message) — never silent garbage.
 """
@@ -100,52 +102,66 @@ def score_and_divergence(score_fn: Callable, x: Float[Array, "*event"], t) -> tu
     return s, jnp.trace(jax.vmap(lin)(basis).reshape(dim, dim))
 
 
-def _solve_one(score_fn, sde, prior_log_prob, x, probes, tols, *, solver, max_steps):
-    """One sample: (log p per probe, x_T, log π(x_T), attempted steps, ok). ``probes`` None ⇒ exact trace."""
-    rtol, atol, t0, t1 = tols[0], tols[1], tols[2], tols[3]
-    dim = x.size
+def _field_one(score_fn, sde, t, xt, probes):
+    """Probability-flow drift and d/dt of the log-det accumulator(s) for ONE sample."""
+    if probes is None:
+        s, div = score_and_divergence(score_fn, xt, t)
+        div_s = div[None]
+    else:
+        s, lin = jax.linearize(lambda z: score_fn(z, t), xt)
+        jv = jax.vmap(lin)(probes)
+        div_s = jnp.sum((probes * jv).reshape(probes.shape[0], -1), axis=-1)
+    f, g2 = sde.drift_coeff(t), sde.diffusion_sq(t)
+    return f * xt - 0.5 * g2 * s, xt.size * f - 0.5 * g2 * div_s
 
-    def vector_field(t, y, args):
-        xt, _ = y
-        if probes is None:
-            s, div = score_and_divergence(score_fn, xt, t)
-            div_s = div[None]
-        else:
-            s, lin = jax.linearize(lambda z: score_fn(z, t), xt)
-            jv = jax.vmap(lin)(probes)
-            div_s = jnp.sum((probes * jv).reshape(probes.shape[0], -1), axis=-1)
-        f, g2 = sde.drift_coeff(t), sde.diffusion_sq(t)
-        return f * xt - 0.5 * g2 * s, dim * f - 0.5 * g2 * div_s
 
-    n_div = 1 if probes is None else probes.shape[0]
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
-        solver,
-        t0=t0,
-        t1=t1,
-        dt0=None,
-        y0=(x, jnp.zeros((n_div,), dtype=x.dtype)),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps,
-        throw=False,
+def _worst_sample_rms(err) -> Array:
+    """Error norm of a shared-step batch solve: the largest per-sample RMS of the scaled error, so the
+    step size controls EVERY sample's local error (an RMS over the flattened batch controls only an
+    average — the public code's weakness)."""
+    x_err, d_err = err
+    n = x_err.shape[0]
+    sq = jnp.sum(jnp.square(x_err.reshape(n, -1)), axis=1) + jnp.sum(jnp.square(d_err.reshape(n, -1)), axis=1)
+    return jnp.sqrt(jnp.max(sq) / (x_err[0].size + d_err[0].size))
+
+
+def _solve(field, y0, tols, solver, max_steps, norm):
+    kw = {} if norm is None else {"norm": norm}  # None: diffrax's default RMS norm
+    controller = diffrax.PIDController(rtol=tols[0], atol=tols[1], **kw)
+    return diffrax.diffeqsolve(
+        diffrax.ODETerm(field), solver, t0=tols[2], t1=tols[3], dt0=None, y0=y0,
+        stepsize_controller=controller, max_steps=max_steps, throw=False,
     )
-    x_T = sol.ys[0][-1]
-    prior = prior_log_prob(x_T)
-    log_p = prior + sol.ys[1][-1]
-    ok = (sol.result == diffrax.RESULTS.successful) & jnp.all(jnp.isfinite(log_p)) & jnp.all(jnp.isfinite(x_T))
-    return log_p, x_T, prior, sol.stats["num_steps"], ok
 
 
 @eqx.filter_jit
-def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_steps):
+def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_steps, shared):
     """The whole batch in one compiled call; tolerances and times are traced (no recompilation)."""
-    fn = lambda xi, pi: _solve_one(score_fn, sde, prior_log_prob, xi, pi, tols, solver=solver, max_steps=max_steps)  # noqa: E731
-    log_p, x_T, prior, num_steps, ok = jax.vmap(fn, in_axes=(0, None if probes is None else 0))(x, probes)
+    n = x.shape[0]
+    n_div = 1 if probes is None else probes.shape[1]
+    y0 = (x, jnp.zeros((n, n_div), dtype=x.dtype))
+    probe_axis = None if probes is None else 0
+    if shared:
+        batched_field = jax.vmap(_field_one, in_axes=(None, None, None, 0, probe_axis))
+        sol = _solve(lambda t, y, a: batched_field(score_fn, sde, t, y[0], probes), y0, tols, solver, max_steps, _worst_sample_rms)
+        x_T, delta = sol.ys[0][-1], sol.ys[1][-1]
+        num_steps = jnp.full((n,), sol.stats["num_steps"])
+        solved = jnp.full((n,), sol.result == diffrax.RESULTS.successful)
+    else:
+
+        def one(xi, pi, di):
+            sol = _solve(lambda t, y, a: _field_one(score_fn, sde, t, y[0], pi), (xi, di), tols, solver, max_steps, None)
+            return sol.ys[0][-1], sol.ys[1][-1], sol.stats["num_steps"], sol.result == diffrax.RESULTS.successful
+
+        x_T, delta, num_steps, solved = jax.vmap(one, in_axes=(0, probe_axis, 0))(x, probes, y0[1])
+    prior = jax.vmap(prior_log_prob)(x_T)
+    log_p = prior[:, None] + delta
+    finite = jnp.all(jnp.isfinite(log_p), axis=1) & jnp.all(jnp.isfinite(x_T.reshape(n, -1)), axis=1)
+    ok = solved & finite
     per_step = evaluations_per_step(solver)
     nfe = num_steps * per_step + 1 if per_step > 0 else jnp.full_like(num_steps, -1)
-    n = log_p.shape[1]
     mean = jnp.mean(log_p, axis=1)
-    stderr = jnp.std(log_p, axis=1, ddof=1) / math.sqrt(n) if n > 1 else jnp.full_like(mean, jnp.nan)
+    stderr = jnp.std(log_p, axis=1, ddof=1) / math.sqrt(n_div) if n_div > 1 else jnp.full_like(mean, jnp.nan)
     result = LikelihoodResult(
         log_prob=mean, latent=x_T, nfe=nfe, stderr=stderr, log_prob_per_probe=log_p, prior_log_prob=prior
     )
@@ -189,6 +205,7 @@ def ode_log_likelihood(
     prior_log_prob: Callable | None = None,
     t_start: float | None = None,
     max_steps: int = 16384,
+    steps: Literal["shared", "per_sample"] = "shared",
 ) -> LikelihoodResult:
     """log p^ODE_{t_start}(x) for a batch ``x`` by the probability-flow ODE (Song et al. 2021, §4.3).
 
@@ -205,6 +222,11 @@ def ode_log_likelihood(
             exact log q_T makes the result equal log q_{t_start}(x) for the exact score.
         t_start: start time (default ``sde.t_min``).
         max_steps: the step limit; reaching it raises :class:`SolverError`.
+        steps: ``"shared"`` (default): one adaptive solve of the whole batch whose error norm is the
+            worst per-sample RMS error, so every sample's local error is controlled and no
+            per-sample bookkeeping runs inside the loop; ``"per_sample"``: each sample its own step
+            sizes (vmap over the solve; the batch still runs until its slowest member finishes).
+            Both control each sample's error; "shared" was 2–3× cheaper per evaluation on CPU.
 
     Returns:
         :class:`LikelihoodResult` with per-sample ``log_prob``, ``latent``, ``nfe`` and ``stderr``.
@@ -244,7 +266,9 @@ def ode_log_likelihood(
         probes = draw(key, shape, dtype=x.dtype)
 
     tols = jnp.asarray([rtol, atol, t0, t1], dtype=x.dtype)
-    result, ok = _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, int(max_steps))
+    if steps not in ("shared", "per_sample"):
+        raise ValueError(f"steps must be 'shared' or 'per_sample'; got {steps!r}.")
+    result, ok = _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, int(max_steps), steps == "shared")
     log_prob = check_solves(result.log_prob, ok, what="probability-flow ODE likelihood", max_steps=max_steps)
     return eqx.tree_at(lambda r: r.log_prob, result, log_prob)
 

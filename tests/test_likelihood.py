@@ -16,12 +16,18 @@ from numerics import strategies as nst
 from numerics.likelihood import SolverError, bits_per_dim, ode_log_likelihood
 
 
-@given(nst.mixtures(max_dim=3, max_components=3), nst.sdes(kinds=("vp", "subvp", "ve")), st.integers(0, 1000))
-def test_ode_likelihood_equals_exact_log_density(mixture, sde, seed):
-    """Exact score and exact q_T prior ⇒ log p^ODE_{t_min}(x) = log q_{t_min}(x) (THEORY.md §2.1, §8.17), to 1e-6 nats."""
+@given(
+    nst.mixtures(max_dim=3, max_components=3),
+    nst.sdes(kinds=("vp", "subvp", "ve")),
+    st.integers(0, 1000),
+    st.sampled_from(["shared", "per_sample"]),
+)
+def test_ode_likelihood_equals_exact_log_density(mixture, sde, seed, steps):
+    """Exact score and exact q_T prior ⇒ log p^ODE_{t_min}(x) = log q_{t_min}(x) (THEORY.md §2.1, §8.17), to 1e-6 nats,
+    with shared (worst-case norm) and per-sample step control."""
     x = mixture.sample(jax.random.key(seed), 4)
     prior = mixture.diffuse(sde, sde.T).log_prob
-    res = ode_log_likelihood(mixture.score_fn(sde), sde, x, rtol=1e-10, atol=1e-10, prior_log_prob=prior)
+    res = ode_log_likelihood(mixture.score_fn(sde), sde, x, rtol=1e-10, atol=1e-10, prior_log_prob=prior, steps=steps)
     exact = mixture.diffuse(sde, sde.t_min).log_prob(x)
     np.testing.assert_allclose(np.asarray(res.log_prob), np.asarray(exact), rtol=0, atol=1e-6)
     assert np.all(np.asarray(res.nfe) > 0)
@@ -119,10 +125,11 @@ def test_gradient_is_the_ode_models_score():
     np.testing.assert_allclose(np.asarray(jax.grad(f)(x[0])), np.asarray(mix.diffuse(sde, sde.t_min).score(x[0])), rtol=1e-6, atol=1e-6)
 
 
-def test_step_limit_raises():
+@pytest.mark.parametrize("steps", ["shared", "per_sample"])
+def test_step_limit_raises(steps):
     mix, sde, x, _ = _hutchinson_case()
     with pytest.raises(SolverError, match="max_steps=3"):
-        ode_log_likelihood(mix.score_fn(sde), sde, x, max_steps=3)
+        ode_log_likelihood(mix.score_fn(sde), sde, x, max_steps=3, steps=steps)
 
 
 def test_non_finite_score_raises():
@@ -153,6 +160,8 @@ def test_bad_inputs_raise():
         ode_log_likelihood(score, sde, x, divergence="hutchinson", n_probes=0, key=jax.random.key(0))
     with pytest.raises(ValueError, match="t_start"):
         ode_log_likelihood(score, sde, x, t_start=1.0)
+    with pytest.raises((ValueError, TypeError), match="steps"):
+        ode_log_likelihood(score, sde, x, steps="flattened")
 
 
 def test_bits_per_dim_uniform_is_8():
