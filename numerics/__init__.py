@@ -2,12 +2,17 @@
 
 Importing :mod:`numerics` turns on float64 in JAX (``jax_enable_x64``): the identities checked
 here hold to 1e-6 nats or better and need double precision. Code that wants float32/bf16 (the
-training side) passes explicit dtypes.
+training side) passes explicit dtypes. A training job on hardware without fast float64 (TPU) may
+set ``NUMERICS_ENABLE_X64=0`` before the import to keep JAX's 32-bit default; the checks of this
+package then lose their precision.
 """
+
+import os
 
 import jax
 
-jax.config.update("jax_enable_x64", True)
+if os.environ.get("NUMERICS_ENABLE_X64", "1") != "0":
+    jax.config.update("jax_enable_x64", True)
 
 from numerics.sde import (  # noqa: E402
     SDE,
