@@ -1,7 +1,18 @@
 """Property-based tests of numerics.checks: every bound/identity of the four papers on random
-mixtures (D 1–8, K 1–6), random SDEs and random model perturbations (THEORY.md §8)."""
+mixtures, random SDEs and random model perturbations (THEORY.md §8).
+
+Cost model: >95% of the time of these checks is XLA compilation, keyed on array shapes and on the
+SDE (its parameters are static fields); evaluating another mixture of the same shapes is nearly
+free. So in the default ``ci`` hypothesis profile every example uses the shapes, SDEs and Monte-Carlo
+sizes of the report's built-in cases (:mod:`numerics.checks.cases`: data D = 2, K = 3, model
+mixture K = 2, VP/VE with t_min = 1e-3; ``N_REPORT`` paths) — all mixture parameters, points,
+seeds, perturbation kinds and amplitudes stay random — and the examples of a test and
+``test_report_main_small`` share compiled code. The ``thorough`` profile
+(WORKBENCH_HYPOTHESIS_PROFILE=thorough) draws D 1–8, K 1–6 and SDE parameters from st_num.sdes.
+"""
 
 import math
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,14 +22,28 @@ from hypothesis import strategies as st
 
 import numerics  # noqa: F401
 from numerics import strategies as st_num
-from numerics.checks import importance, kl_dynamics, li_yan2024, lu2022, song2021, vdm
+from numerics.checks import cases, importance, kl_dynamics, li_yan2024, lu2022, ode_model, song2021, vdm
 from numerics.checks.affine import AffineModel, affine_summary
 from numerics.checks.models import random_perturbation
 from numerics.mixture import GaussianMixture
 from numerics.sde import VPSDE, CosineGamma, LinearGamma, LogSNRSDE, SubVPSDE, VESDE
 
+BROAD = os.environ.get("WORKBENCH_HYPOTHESIS_PROFILE", "ci") != "ci"
 MIX = dict(max_dim=8, max_components=6)
-FEW = settings(max_examples=3)
+N_REPORT = 64  # --n-samples of test_report_main_small; run_all's sizes below are derived from it
+CASE_SDES = {"vp": VPSDE(t_min=1e-3), "ve": VESDE(t_min=1e-3)}  # the report's SDEs (cases.run_all)
+
+
+def data_mixtures(dim=None):
+    if BROAD:
+        return st_num.mixtures(**MIX) if dim is None else st_num.mixtures(dim=dim, max_components=6)
+    return st_num.mixtures(dim=2, min_components=3, max_components=3)  # cases.data_mixture's shapes
+
+
+def sdes(kinds=("vp", "subvp", "ve")):
+    if BROAD:
+        return st_num.sdes(kinds=kinds)
+    return st.sampled_from([CASE_SDES[k] for k in kinds if k in CASE_SDES])
 
 
 def _assert(r):
@@ -27,17 +52,17 @@ def _assert(r):
 
 @st.composite
 def mixture_pair(draw):
-    D = draw(st.integers(1, 8))
-    q = draw(st_num.mixtures(dim=D, max_components=6))
-    p = draw(st_num.mixtures(dim=D, max_components=6))
-    return q, p
+    if BROAD:
+        D = draw(st.integers(1, 8))
+        return draw(st_num.mixtures(dim=D, max_components=6)), draw(st_num.mixtures(dim=D, max_components=6))
+    # cases.data_mixture / cases.model_mixture shapes
+    return draw(data_mixtures()), draw(st_num.mixtures(dim=2, min_components=2, max_components=2))
 
 
-@FEW
-@given(mixture_pair(), st_num.sdes(), st.integers(0, 2**20))
+@given(mixture_pair(), sdes(("vp", "ve")), st.integers(0, 2**20))
 def test_kl_dynamics_identity(qp, sde, seed):
     q, p = qp
-    _assert(kl_dynamics.check_kl_dynamics(q, p, sde, seed=seed, n_samples=512, n_panels=6, order=10))
+    _assert(kl_dynamics.check_kl_dynamics(q, p, sde, seed=seed, n_samples=N_REPORT))
 
 
 def test_kl_dynamics_matches_gaussian_closed_form():
@@ -60,7 +85,7 @@ def test_kl_dynamics_matches_gaussian_closed_form():
 
 @st.composite
 def gaussian_and_affine(draw):
-    D = draw(st.integers(1, 8))
+    D = draw(st.integers(1, 8)) if BROAD else 2  # cases.GAUSS_MU's dimension
     rng = np.random.default_rng(draw(st.integers(0, 2**31)))
     mu = rng.uniform(-2, 2, D)
     s2 = np.exp(rng.uniform(np.log(0.05), 0.0, D))
@@ -70,8 +95,7 @@ def gaussian_and_affine(draw):
     return mu, s2, AffineModel(jnp.asarray(mu), jnp.asarray(s2), jnp.asarray(dm), jnp.asarray(dv)), rng.normal(size=D)
 
 
-@settings(max_examples=4)
-@given(gaussian_and_affine(), st_num.sdes())
+@given(gaussian_and_affine(), sdes())
 def test_affine_family_song_and_lu(case, sde):
     mu, s2, model, x = case
     _assert(song2021.check_theorem1_affine(mu, s2, model, sde))
@@ -111,29 +135,44 @@ def test_lu_regression_first_order_bound_fails_for_ode():
 
 @st.composite
 def mixture_sde_model(draw, kinds=("vp", "subvp", "ve")):
-    q = draw(st_num.mixtures(**MIX))
-    sde = draw(st_num.sdes(kinds=kinds))
+    q = draw(data_mixtures())
+    sde = draw(sdes(kinds))
     seed = draw(st.integers(0, 2**20))
     kind = draw(st.sampled_from(["general", "rotation", "gradient"]))
     amp = draw(st.floats(0.05, 0.5))
     return q, sde, random_perturbation(q.score_fn(sde), sde, q.dim, seed, amp, kind=kind), seed
 
 
-@FEW
-@given(mixture_sde_model())
+@given(mixture_sde_model(kinds=("vp", "subvp", "ve") if BROAD else ("vp",)))
 def test_song_mixture_identities(case):
     q, sde, model, seed = case
-    r, c, c_se = song2021.check_dsm_constant(q, model, sde, seed=seed, n_samples=256, n_panels=6, order=10)
+    n = N_REPORT if not BROAD else 256
+    r, c, c_se = song2021.check_dsm_constant(q, model, sde, seed=seed, n_samples=n)
     _assert(r)
     x = q.sample(numerics_key(seed), 1)[0]
-    _assert(song2021.check_theorem2_stein(q, model, sde, x, seed=seed, n_samples=256, n_panels=6, order=10))
-    _assert(song2021.check_theorem2_tight(q, sde, x, seed=seed, n_samples=256, n_panels=6, order=10))
-    _assert(song2021.check_eps_offset_bound(q, model, sde, seed=seed, n_samples=512, n_panels=6, order=10))
-    if q.n_components == 1:  # symbolic target: ½ Σ log[(1 + λ_i SNR_ε)/(1 + λ_i SNR_T)]
-        lam = np.asarray(q.eigvals[0])
-        snr = lambda t: math.exp(float(sde.log_snr(jnp.asarray(t))))
-        target = 0.5 * np.sum(np.log((1 + lam * snr(sde.t_min)) / (1 + lam * snr(sde.T))))
-        assert abs(c - target) < 3 * c_se + 1e-6
+    _assert(song2021.check_theorem2_stein(q, model, sde, x, seed=seed, n_samples=n))
+    _assert(song2021.check_theorem2_tight(q, sde, x, seed=seed, n_samples=n))
+    _assert(song2021.check_eps_offset_bound(q, model, sde, seed=seed, n_samples=n))
+    if q.n_components == 1:  # symbolic target (THEORY.md §2.5); K = 1 always: test_dsm_constant_gaussian
+        _assert_dsm_constant_gaussian(q, sde, c, c_se)
+
+
+def _assert_dsm_constant_gaussian(q, sde, c, c_se):
+    """½ Σ log[(1 + λ_i SNR_ε)/(1 + λ_i SNR_T)], the closed-form DSM constant for Gaussian data."""
+    lam = np.asarray(q.eigvals[0])
+    snr = lambda t: math.exp(float(sde.log_snr(jnp.asarray(t))))  # noqa: E731
+    target = 0.5 * np.sum(np.log((1 + lam * snr(sde.t_min)) / (1 + lam * snr(sde.T))))
+    assert abs(c - target) < 3 * c_se + 1e-6
+
+
+@given(st_num.mixtures(dim=2, max_components=1), st.integers(0, 2**20))
+def test_dsm_constant_gaussian(q, seed):
+    """K = 1: the DSM constant J_DSM(exact) against its closed form, for a random perturbed model."""
+    sde = CASE_SDES["vp"]
+    model = random_perturbation(q.score_fn(sde), sde, q.dim, seed, 0.3)
+    r, c, c_se = song2021.check_dsm_constant(q, model, sde, seed=seed, n_samples=N_REPORT)
+    _assert(r)
+    _assert_dsm_constant_gaussian(q, sde, c, c_se)
 
 
 def numerics_key(seed):
@@ -142,23 +181,24 @@ def numerics_key(seed):
     return jax.random.PRNGKey(seed)
 
 
-@FEW
-@given(st_num.mixtures(**MIX), st.integers(0, 2**20))
+@given(data_mixtures(), st.integers(0, 2**20))
 def test_vdm_checks(q, seed):
-    lin = LogSNRSDE(LinearGamma(-10.0, 6.0))
-    cos = LogSNRSDE(CosineGamma(-10.0, 6.0))
-    for r in vdm.check_vdm_monotone(q, lin, T_list=(4, 16), seed=seed, n_samples=128):
+    if BROAD:
+        lin, cos, n = LogSNRSDE(LinearGamma(-10.0, 6.0)), LogSNRSDE(CosineGamma(-10.0, 6.0)), 128
+    else:  # the report's schedules and size (cases.run_all: max(64, n_samples // 4))
+        lin, cos, n = LogSNRSDE(LinearGamma()), LogSNRSDE(CosineGamma()), max(64, N_REPORT // 4)
+    for r in vdm.check_vdm_monotone(q, lin, T_list=(4, 16), seed=seed, n_samples=n):
         _assert(r)
-    _assert(vdm.check_vdm_schedule_invariance(q, lin, cos, seed=seed, n_samples=128))
+    _assert(vdm.check_vdm_schedule_invariance(q, lin, cos, seed=seed, n_samples=n))
     model = random_perturbation(q.score_fn(lin), lin, q.dim, seed, 0.3)
-    _assert(vdm.check_vdm_perturbed(q, lin, model, seed=seed, n_samples=128))
+    _assert(vdm.check_vdm_perturbed(q, lin, model, seed=seed, n_samples=n))
 
 
 def test_vdm_song_identity():
-    q = GaussianMixture.from_diagonal([0.4, 0.6], [[-1.0, 0.0], [1.0, 0.5]], [[0.3, 0.2], [0.2, 0.4]])
+    q = cases.data_mixture()
     lin = LogSNRSDE(LinearGamma())
     model = random_perturbation(q.score_fn(lin), lin, q.dim, 3, 0.3)
-    _assert(vdm.check_vdm_song(q, lin, model, n_samples=32))
+    _assert(vdm.check_vdm_song(q, lin, model, n_samples=max(64, N_REPORT // 4)))
 
 
 def test_vdm_gaussian_closed_form():
@@ -172,34 +212,32 @@ def test_vdm_gaussian_closed_form():
     assert vdm.gaussian_l_inf([1.1], [0.3], [0.25], smin, smax) == pytest.approx(6.734697719094679, rel=1e-12)
 
 
-@FEW
-@given(st_num.mixtures(**MIX), st.integers(0, 2**20))
+@given(data_mixtures(), st.integers(0, 2**20))
 def test_li_yan_density_formula(q, seed):
     x = q.sample(numerics_key(seed), 1)[0]
-    for r in li_yan2024.check_density_formula(q, x, seed=seed, n_samples=128):
+    for r in li_yan2024.check_density_formula(q, x, seed=seed, n_samples=max(128, N_REPORT // 2)):
         _assert(r)
     for r in li_yan2024.check_elbo_minimiser(q):
         _assert(r)
 
 
 def test_li_yan_ddpm_formula():
-    q = GaussianMixture.from_diagonal([0.4, 0.6], [[-1.0, 0.0], [1.0, 0.5]], [[0.3, 0.2], [0.2, 0.4]])
-    _assert(li_yan2024.check_ddpm_formula(q, jnp.array([0.2, 0.1]), n_samples=256))
+    q = GaussianMixture.from_diagonal([0.2, 0.3, 0.5], [[-1.0, 0.0], [1.0, 0.5], [0.0, 1.0]],
+                                      [[0.3, 0.2], [0.2, 0.4], [0.5, 0.5]])  # cases.data_mixture's shapes
+    _assert(li_yan2024.check_ddpm_formula(q, jnp.array([0.2, 0.1]), n_samples=max(64, N_REPORT // 4)))
 
 
-@FEW
-@given(st_num.mixtures(**MIX), st_num.sdes(), st.integers(0, 2**20))
+@given(data_mixtures(), sdes(), st.integers(0, 2**20))
 def test_lu_high_order_minimisers(q, sde, seed):
     for r in lu2022.check_second_order_minimiser(q, sde, seed=seed, n_points=3):
         _assert(r)
     _assert(lu2022.check_third_order_minimiser(q, sde, seed=seed, n_points=3))
 
 
-@settings(max_examples=2)
 @given(mixture_sde_model(kinds=("vp", "subvp")))
 def test_importance_sampling_same_mean(case):
     q, sde, model, seed = case
-    r = importance.check_importance_sampling(q, model, sde, seed=seed, n_samples=4000, n_quad_samples=128)
+    r = importance.check_importance_sampling(q, model, sde, seed=seed, n_samples=20 * N_REPORT, n_quad_samples=128)
     _assert(r)
     assert r.settings["var_is"] > 0 and r.settings["var_uniform"] > 0
 
@@ -221,7 +259,7 @@ def test_identity_check_detects_wrong_value():
 def test_report_main_small(tmp_path):
     from numerics import report
 
-    rc = report.main(["--out", str(tmp_path), "--n-samples", "64", "--quiet"])
+    rc = report.main(["--out", str(tmp_path), "--n-samples", str(N_REPORT), "--quiet"])
     import json
 
     data = json.loads((tmp_path / "report.json").read_text())
@@ -229,3 +267,79 @@ def test_report_main_small(tmp_path):
     assert (tmp_path / "report.md").read_text().startswith("# Bounds")
     assert rc in (0, 1)
     assert sum(r["holds"] for r in data["results"]) >= len(data["results"]) - 2
+    names = {r["name"] for r in data["results"]}
+    assert {"ode_nll_exceeds_sde_bound", "lu_ode_kl_identity_mixture", "lu_sine_first_order_gap"} <= names
+    demo = next(r for r in data["results"] if r["name"] == "ode_nll_exceeds_sde_bound")
+    assert "demonstration" in demo["settings"] and demo["holds"] == (demo["gap"] > 3 * demo["stderr"])
+    assert "yes (demo)" in (tmp_path / "report.md").read_text()
+
+
+
+# --- the probability-flow ODE model on mixtures (numerics.checks.ode_model) ------------------------
+# These run hundreds of adaptive ODE solves and gradients through them. Their cost is one compilation
+# of the forward solve and one of its gradient (~15 s CPU together), shared with test_report_main_small:
+# the cases come from cases.ode_case() (the report's shapes and SDE) and ode_model evaluates in chunks
+# of fixed size, so every call hits the same compiled code. The property test is capped at 3 examples
+# because each example still runs ~1000 gradient solves; its assertions are exact identities.
+
+
+def test_ode_nll_exceeds_sde_bound_demo():
+    """Lu+22's point against Song+21 Thm 2 on a mixture: the ODE model's NLL exceeds the SDE bound
+    (a demonstration record: holds ⇔ beyond 3 SE); exact score ⇒ ODE NLL = −log q_ε and the
+    ε-conditioned DSM bound = −log q_ε (independent truth: the exact mixture density)."""
+    q, sde, demo_model, _, x = cases.ode_case()
+    demo, ident_ode, tight = song2021.check_ode_nll_vs_sde_bound(q, demo_model, sde, x, n_samples=max(64, N_REPORT // 4))
+    assert demo.kind == "inequality" and "demonstration" in demo.settings
+    assert demo.holds and demo.gap > 3 * demo.stderr and demo.settings["n_points_violated_3se"] >= 1
+    np.testing.assert_allclose(demo.settings["nll_true_q"], -np.asarray(q.diffuse(sde, sde.t_min).log_prob(x)), rtol=1e-12)
+    _assert(ident_ode)
+    _assert(tight)
+    # the SM and DSM forms of the same bound agree per point (Stein), within 3 SE
+    s = demo.settings
+    assert np.all(np.abs(s["bound_sm"] - s["bound_dsm"]) <= 3 * np.hypot(s["bound_sm_se"], s["bound_dsm_se"]) + 1e-9)
+
+
+@settings(max_examples=3)  # each example: ~1000 ODE solves and gradients through them (see above)
+@given(data_mixtures(), st.integers(0, 2**20))
+def test_ode_model_exact_identities_mixture(q, seed):
+    """Random mixtures: exact score ⇒ ∇log p_t^ODE = ∇log q_t (1e-6), −log p^ODE_ε = −log q_ε (1e-6),
+    the ε-conditioned DSM bound is tight, and (3.1) holds with J_ODE = 0 (KL(q_ε‖p^ODE) = KL(q_T‖π))."""
+    sde = CASE_SDES["vp"] if not BROAD else VPSDE(t_min=1e-3)
+    x = q.diffuse(sde, sde.t_min).sample(numerics_key(seed), 8)
+    model = random_perturbation(q.score_fn(sde), sde, q.dim, seed, 0.3)
+    _, ident_ode, tight = song2021.check_ode_nll_vs_sde_bound(q, model, sde, x, seed=seed, n_samples=max(64, N_REPORT // 4))
+    _assert(ident_ode)
+    _assert(tight)
+    _assert(lu2022.check_ode_model_score_exact(q, sde, seed=seed))
+    ident, _, _ = lu2022.check_lu_mixture(q, ode_model.exact_as_perturbed(q, sde), sde, seed=seed,
+                                          n_samples=max(256, N_REPORT), n_paths=64)
+    _assert(ident)
+    assert ident.settings["J_ODE"] == 0.0 and ident.settings["J_SM"] == 0.0
+
+
+def test_lu_mixture_report_case():
+    """(3.1) on a mixture with a perturbed (non-gradient) model, Cauchy–Schwarz, and the first-order gap."""
+    q, sde, _, lu_model, _ = cases.ode_case()
+    ident, cs, gap = lu2022.check_lu_mixture(q, lu_model, sde, n_samples=max(256, N_REPORT), n_paths=64)
+    _assert(ident)
+    _assert(cs)
+    assert gap.holds and "demonstration" in gap.settings and ident.settings["J_Diff"] > 3 * ident.settings["J_Diff_se"]
+
+
+def test_high_order_sine_report_case():
+    """s = ∇log q + (a/ω) sin(ωx) on the report's mixture (VP: c_t = 1): J_SM → 0 like 1/ω² while the
+    ODE KL gap persists; the error integrals against their closed forms at ω = 16, where E sin²(ωx) = ½
+    up to e^{−2ω² v_min} < 1e-10: δ_1² = (a/ω)² D/4 ∫g², δ_2² = a² D/4 ∫g², δ_3² = (aω)² D/4 ∫g²."""
+    q, sde, _, _, _ = cases.ode_case()
+    a, omegas = cases.ODE_SINE_A, cases.ODE_SINE_OMEGAS
+    rs = lu2022.check_high_order_sine(q, sde, a=a, omegas=omegas, n_samples=max(256, N_REPORT // 2), n_paths=64)
+    for r in rs:
+        _assert(r)
+    s = rs[0].settings
+    int_g2 = float(sde.integrated_beta(sde.T) - sde.integrated_beta(sde.t_min))
+    w = omegas[-1]
+    base = q.dim / 4 * int_g2
+    for key, target in (("J_SM", (a / w) ** 2 * base), ("delta2_sq", a**2 * base), ("delta3_sq", (a * w) ** 2 * base)):
+        val, se = s[key][-1], s[key + "_se"][-1]
+        assert abs(val - target) < 3 * se + 1e-3 * target, (key, val, target, se)
+    assert np.all(np.diff(s["J_SM"]) < 0) and s["KL_gap"][-1] > 10 * s["J_SM"][-1]

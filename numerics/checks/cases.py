@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -17,7 +18,7 @@ from numerics.checks.models import random_perturbation
 from numerics.mixture import GaussianMixture
 from numerics.sde import VPSDE, CosineGamma, LinearGamma, LogSNRSDE, SubVPSDE, VESDE
 
-__all__ = ["data_mixture", "model_mixture", "run_all"]
+__all__ = ["data_mixture", "model_mixture", "ode_case", "run_all"]
 
 
 def data_mixture() -> GaussianMixture:
@@ -33,6 +34,20 @@ def model_mixture() -> GaussianMixture:
 
 GAUSS_MU = np.array([0.7, -0.3])
 GAUSS_S2 = np.array([0.16, 0.5])
+
+
+ODE_SINE_A = 0.5
+ODE_SINE_OMEGAS = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def ode_case():
+    """(q, VP SDE, perturbed model for the Thm 2 demonstration, perturbed model for Lu's (3.1), points x)
+    of the ODE-model checks — shared by the report and the tests (same shapes: compiled once)."""
+    q, vp = data_mixture(), VPSDE(t_min=1e-3)
+    demo_model = random_perturbation(q.score_fn(vp), vp, q.dim, 7, 0.3)
+    lu_model = random_perturbation(q.score_fn(vp), vp, q.dim, 7, 0.1)
+    x = q.diffuse(vp, vp.t_min).sample(jax.random.PRNGKey(3), 8)
+    return q, vp, demo_model, lu_model, x
 
 
 def run_all(n_samples: int = 1024, seed: int = 0, log=print):
@@ -90,4 +105,13 @@ def run_all(n_samples: int = 1024, seed: int = 0, log=print):
     # 7. IS
     add("IS vs uniform t", lambda: importance.check_importance_sampling(q, pert[vp], vp, seed=seed, n_samples=20 * n_samples,
                                                                         n_quad_samples=max(128, n_samples // 2)))
+    # 8. the probability-flow ODE model on mixtures (numerics.likelihood; compiled once, see ode_model)
+    oq, ovp, demo_model, lu_model, x_pts = ode_case()
+    add("ODE NLL vs Thm 2 bound (mixture)", lambda: song2021.check_ode_nll_vs_sde_bound(
+        oq, demo_model, ovp, x_pts, seed=seed, n_samples=max(64, n_samples // 4)))
+    add("Lu ODE-model score, exact (mixture)", lambda: lu2022.check_ode_model_score_exact(oq, ovp, seed=seed))
+    add("Lu (3.1), CS, 1st-order gap (mixture)", lambda: lu2022.check_lu_mixture(
+        oq, lu_model, ovp, seed=seed, n_samples=max(256, n_samples), n_paths=64))
+    add("Lu high orders, sine model (mixture)", lambda: lu2022.check_high_order_sine(
+        oq, ovp, a=ODE_SINE_A, omegas=ODE_SINE_OMEGAS, seed=seed, n_samples=max(256, n_samples // 2), n_paths=64))
     return results

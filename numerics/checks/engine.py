@@ -47,6 +47,7 @@ __all__ = [
     "CheckResult",
     "identity",
     "inequality",
+    "demonstration",
     "mc_mean",
     "paired",
     "gauss_legendre",
@@ -122,6 +123,24 @@ def inequality(
     s = dict(settings or {})
     s.setdefault("atol", atol)
     return CheckResult(name, paper, equation, lhs, rhs, gap, se, holds, "inequality", significant, s)
+
+
+def demonstration(result: CheckResult, statement: str) -> CheckResult:
+    """Turn an :func:`inequality` record lhs ≤ rhs into a *demonstration* that it holds strictly.
+
+    Used where a paper's bound is shown NOT to apply to some object (e.g. Song+21 Thm 2, a bound on
+    the SDE model's NLL, applied to the ODE model's NLL, Lu+22): the record is written so that
+    lhs ≤ rhs is the *violation* of that bound, and ``holds`` is True exactly when the violation is
+    significant, rhs − lhs > 3·SE + atol (``holds == significant``). ``statement`` says in words what
+    a success demonstrates; it goes to ``settings["demonstration"]`` and the report marks the row.
+    """
+    if result.kind != "inequality":
+        raise ValueError("demonstration() takes an inequality record.")
+    s = dict(result.settings)
+    s["demonstration"] = statement
+    s["semantics"] = ("demonstration: holds=True means lhs < rhs beyond 3 SE (the violation of the "
+                      "named bound is shown); holds=False means the demonstration failed, not a bug")
+    return dataclasses.replace(result, holds=result.significant, settings=s)
 
 
 # --- Monte-Carlo means ------------------------------------------------------------------------

@@ -10,6 +10,14 @@ are checked there exactly (SE = 0, quadrature atol). On mixtures the checks are 
 identities that the bounds are built from — the θ-independent DSM constant, the Stein identity
 SM = DSM per datapoint, and the tightness identity at the exact score — plus the ε-offset bound
 in expectation, E_q[bound] ≥ H(q_0), which holds for any model.
+
+ODE model vs the Theorem 2 bound on mixtures (:func:`check_ode_nll_vs_sde_bound`): Theorem 2
+bounds −log p^SDE_ε(x), which has no closed form for mixtures, so the inequality itself cannot be
+checked there. What can be checked is Lu et al.'s point: the *ODE* model's NLL −log p^ODE_ε(x)
+(numerics.likelihood, exact trace, SDE prior) can exceed the same bound L^DSM_θ(x) for a
+perturbed (non-gradient) score model — recorded as a *demonstration* (engine.demonstration:
+holds=True means the ODE NLL exceeds the bound beyond 3 SE) — while with the exact score and
+π = q_T both equal −log q_ε(x).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from numerics.checks import engine
+from numerics.checks import engine, ode_model
 from numerics.checks.affine import AffineModel, affine_summary, quad_moment
 from numerics.checks.engine import CheckResult
 from numerics.losses import dsm_loss_terms
@@ -35,6 +43,8 @@ __all__ = [
     "check_theorem2_affine",
     "check_ode_vs_sde_bound_affine",
     "check_eps_offset_bound",
+    "theorem2_bound_eps",
+    "check_ode_nll_vs_sde_bound",
 ]
 
 PAPER = "Song+21"
@@ -355,3 +365,115 @@ def check_eps_offset_bound(
         settings=dict(sde=type(sde).__name__, D=D, K=q.n_components, n_samples=n_samples, t_eps=t_e,
                       quad_nodes=grid.n, decoder="Tweedie N(x; m_hat, sigma^2/alpha^2)"),
     )
+
+
+# --- the ODE model's NLL against the Theorem 2 bound, on mixtures (Lu+22's point) ---------------
+
+
+def theorem2_bound_eps(
+    model, sde: SDE, x, *, prior: str | GaussianMixture = "sde", seed: int = 0, n_samples: int = 256,
+    n_panels: int = 8, order: int = 12,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-path values of Song+21 Thm 2 conditioned on X_ε = x over [ε, T] (ε = ``sde.t_min``), for
+    each row of ``x`` (P, D): returns (L^DSM, L^SM), each (P, n_samples), whose means over paths are
+
+        L^DSM(x) = −E[log π(X_T) | x] + ½∫_ε^T g² E[‖s_θ − ∇log q_{εt}(X_t|x)‖² − ‖∇log q_{εt}‖²] dt − D∫_ε^T f
+        L^SM(x)  = −E[log π(X_T) | x] + ½∫_ε^T g² E[‖s_θ‖² + 2∇·s_θ] dt − D∫_ε^T f
+
+    with X_t = a_t x + b_t ε (a = α_t/α_ε, b² = σ_t² − a²σ_ε²) and ∇log q_{εt}(X_t|x) = −ε/b_t: the DSM
+    integrand is ½‖s + ε/b‖² − ½‖ε‖²/b² (THEORY.md §2.4; the mean-zero control variate removes the
+    divergent ½D/b² constant). Per-path quadrature with independent noise per node (engine).
+    ``prior="sde"``: π = N(0, prior_std² I), −E[log π(X_T)|x] exact; a :class:`GaussianMixture`
+    (e.g. q_T): −log π(X_T) by MC on the same paths.
+    """
+    x = jnp.atleast_2d(jnp.asarray(x, dtype=jnp.float64))
+    P, D = x.shape
+    t_e = float(sde.t_min)
+    k_nodes, k_T = jax.random.split(engine.key_from_seed(seed))
+    grid = engine.time_grid(sde, t_e, sde.T, n_panels=n_panels, order=order)
+    a, b = _conditional_paths(sde, x, None, grid.t, t_e)
+    x0 = jnp.repeat(x, n_samples, axis=0)
+    node_eps = engine.path_noise(k_nodes, P * n_samples, grid.n, D)
+    vals = engine.eval_on_paths(_sm_dsm_integrand, (model,), x0, node_eps, grid.t, a, b)  # (P·N, m, 2)
+    integral = jnp.einsum("nmk,m->nk", vals, jnp.asarray(grid.w_g2))
+    f_int = D * float(sde.log_mean_coeff(jnp.asarray(sde.T)) - sde.log_mean_coeff(jnp.asarray(t_e)))
+    aT, bT = _conditional_paths(sde, x, None, jnp.asarray(sde.T), t_e)
+    if isinstance(prior, str):
+        if prior != "sde":
+            raise ValueError(f"prior must be 'sde' or a GaussianMixture; got {prior!r}.")
+        s2 = float(sde.prior_std) ** 2
+        neg_prior = 0.5 * (aT**2 * jnp.sum(x0**2, -1) + D * bT**2) / s2 + 0.5 * D * math.log(2 * math.pi * s2)
+    else:
+        eps_T = jax.random.normal(k_T, x0.shape, dtype=x0.dtype)
+        neg_prior = -prior.log_prob(aT * x0 + bT * eps_T)
+    bound = neg_prior[:, None] + integral - f_int
+    return np.asarray(bound[:, 1]).reshape(P, n_samples), np.asarray(bound[:, 0]).reshape(P, n_samples)
+
+
+def check_ode_nll_vs_sde_bound(
+    q: GaussianMixture, model, sde: SDE, x, *, seed: int = 0, n_samples: int = 256, n_panels: int = 8,
+    order: int = 12, tol: float = 1e-6, exact_tol: float = 1e-9,
+) -> list[CheckResult]:
+    """Song+21 Thm 2 vs the ODE model's NLL on a mixture, at the points ``x`` (P, D) (THEORY.md §2.4, §3.1).
+
+    * ``ode_nll_exceeds_sde_bound`` — a **demonstration** (:func:`engine.demonstration`): Theorem 2
+      says −log p^SDE_ε(x) ≤ L^DSM_θ(x); p^SDE has no closed form on mixtures, so that cannot be
+      checked directly. Applied to the ODE model, the same bound can fail (Lu+22): the record is
+      the inequality lhs = mean_x L^DSM(x) ≤ rhs = mean_x [−log p^ODE_ε(x)] over the given points,
+      with ``holds`` = True iff the ODE NLL exceeds the bound beyond 3 SE (so at least one point
+      violates Thm 2 for the ODE model). SE: the bound's MC error, √(Σ_x SE_x²)/P (the points are
+      fixed; the ODE NLL is deterministic to solver tolerance ``tol``, atol = 10·tol·P-mean scale).
+      Per-point values are in ``settings``. π = the SDE prior for both sides.
+    * ``ode_nll_exact_score`` — identity: with s_θ = ∇log q_t and π = q_T, −log p^ODE_ε(x) =
+      −log q_ε(x) (max abs error over the points ≤ 1e-6; solver tol ``exact_tol``).
+    * ``song_thm2_dsm_tight_eps`` — identity: at the exact score and π = q_T, the same L^DSM(x)
+      (conditioned on X_ε = x, the code path of the demonstration) equals −log q_ε(x) (MC, 3 SE).
+    """
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    P, D = x.shape
+    t_e = float(sde.t_min)
+    q_e = q.diffuse(sde, t_e)
+    nll_q = -np.asarray(q_e.log_prob(jnp.asarray(x)))
+    nll_ode = -ode_model.ode_log_prob(model, sde, x, prior=ode_model.sde_prior_as_mixture(q, sde), tol=tol)
+    dsm, sm = theorem2_bound_eps(model, sde, x, prior="sde", seed=seed, n_samples=n_samples, n_panels=n_panels, order=order)
+    b_mean, b_se = dsm.mean(1), dsm.std(1, ddof=1) / math.sqrt(n_samples)
+    sm_mean, sm_se = sm.mean(1), sm.std(1, ddof=1) / math.sqrt(n_samples)
+    z = (nll_ode - b_mean) / b_se
+    base = dict(sde=type(sde).__name__, D=D, K=q.n_components, n_points=P, n_samples=n_samples, t_eps=t_e,
+                quad_nodes=n_panels * order, conditioning="X_eps = x over [eps, T]")
+    demo = engine.inequality(
+        "ode_nll_exceeds_sde_bound",
+        PAPER + " / Lu+22",
+        "demo: L_DSM(x) [Thm 2 bound on -log p_SDE] < -log p_ODE(x), mean over points",
+        float(b_mean.mean()),
+        float(nll_ode.mean()),
+        float(np.sqrt(np.sum(b_se**2)) / P),
+        atol=10 * tol,
+        settings=dict(base, prior="SDE prior N(0, s^2 I)", ode_tol=tol, x=x.tolist(), bound_dsm=b_mean, bound_dsm_se=b_se,
+                      bound_sm=sm_mean, bound_sm_se=sm_se, nll_ode=nll_ode, nll_true_q=nll_q,
+                      z_per_point=z, n_points_violated_3se=int(np.sum(z > 3)),
+                      nll_sde="not computable: p_SDE has no closed form on mixtures (Thm 2 itself is "
+                              "checked exactly on the affine family, song_thm2_pointwise_affine)"),
+    )
+    demo = engine.demonstration(
+        demo, "Thm 2 bounds the SDE model's NLL; the ODE model's NLL exceeds that bound (Lu+22): "
+              "holds=True means mean_x(-log p_ODE(x) - L_DSM(x)) > 3 SE")
+    exact = ode_model.exact_as_perturbed(q, sde)
+    prior_T = ode_model.exact_prior(q, sde)
+    nll_ode_exact = -ode_model.ode_log_prob(exact, sde, x, prior=prior_T, tol=exact_tol)
+    err = np.abs(nll_ode_exact - nll_q)
+    ident_ode = engine.identity(
+        "ode_nll_exact_score", PAPER, "exact score, pi = q_T: -log p_ODE(x) = -log q_eps(x) (max abs error)",
+        float(err.max()), 0.0, 0.0, atol=1e-6,
+        settings=dict(base, ode_tol=exact_tol, nll_true_q=nll_q, nll_ode=nll_ode_exact,
+                      method="numerics.likelihood.ode_log_likelihood, exact trace, prior q_T"),
+    )
+    dsm_x, _ = theorem2_bound_eps(exact, sde, x, prior=prior_T, seed=seed + 1, n_samples=n_samples,
+                                  n_panels=n_panels, order=order)
+    ident_tight = engine.identity(
+        "song_thm2_dsm_tight_eps", PAPER, "Thm 2 DSM | X_eps = x, exact score, pi = q_T: L_DSM(x) = -log q_eps(x)",
+        float(dsm_x.mean(1).mean()), float(nll_q.mean()),
+        float(np.sqrt(np.sum(dsm_x.var(1, ddof=1) / n_samples)) / P),
+        settings=dict(base, prior="q_T (MC on the paths)", per_point=dsm_x.mean(1)),
+    )
+    return [demo, ident_ode, ident_tight]
