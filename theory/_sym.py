@@ -19,15 +19,17 @@ __all__ = [
 
 _z = sp.Symbol("z", real=True)
 
+SymLike = sp.Basic | int | float
+
 
 @functools.cache
-def normal_moment(k: int) -> sp.Expr:
+def normal_moment(k: int) -> SymLike:
     """E[Z^k] for Z ~ N(0, 1), by integrating against the standard normal density."""
     phi = sp.exp(-(_z**2) / 2) / sp.sqrt(2 * sp.pi)
     return sp.simplify(sp.integrate(_z**k * phi, (_z, -sp.oo, sp.oo)))
 
 
-def gaussian_expectation(expr: sp.Expr, var: sp.Symbol, mean: sp.Expr, variance: sp.Expr) -> sp.Expr:
+def gaussian_expectation(expr: SymLike, var: sp.Symbol, mean: SymLike, variance: SymLike) -> SymLike:
     """E[expr] for var ~ N(mean, variance), where expr is a polynomial in var.
 
     Substitutes var = mean + sqrt(variance) Z, expands in Z and replaces Z^k by its moment.
@@ -37,7 +39,7 @@ def gaussian_expectation(expr: sp.Expr, var: sp.Symbol, mean: sp.Expr, variance:
     return sp.expand(sum(c * normal_moment(m[0]) for m, c in zip(poly.monoms(), poly.coeffs(), strict=True)))
 
 
-def is_zero(expr: sp.Expr) -> bool:
+def is_zero(expr: SymLike) -> bool:
     """Exact check that ``expr`` is identically zero (simplify, then a few stronger rewrites)."""
     if expr == 0:
         return True
@@ -57,12 +59,12 @@ def is_zero(expr: sp.Expr) -> bool:
     return False
 
 
-def stable(expr: sp.Expr) -> sp.Expr:
+def stable(expr: SymLike) -> SymLike:
     """Rewrite exp(x) − 1 → expm1(x), log(1 + x) → log1p(x) etc. for accurate floating point."""
     return optimize(expr, optims_c99)
 
 
-def lambdify(args: Sequence[sp.Symbol], expr: sp.Expr, module: str = "numpy", *, rewrite: bool = True) -> Callable:
+def lambdify(args: Sequence[sp.Symbol], expr: SymLike, module: str = "numpy", *, rewrite: bool = True) -> Callable:
     """``sympy.lambdify`` of ``expr`` (its numerically stable form when ``rewrite``; the rewrite is
     slow on large expressions, which are instead written in terms of small stable pieces);
     module "numpy" or "jax"."""

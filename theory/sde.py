@@ -68,10 +68,10 @@ class SDESpec:
     clock: sp.Expr  # c(t)
     f_c: sp.Expr  # in the clock symbol c
     g2_c: sp.Expr
-    clock_start: sp.Expr  # the clock value where the kernel starts (α = 1, σ = 0)
+    clock_start: sp.Expr | int  # the clock value where the kernel starts (α = 1, σ = 0)
     prior_var: sp.Expr
     defaults: dict = field(default_factory=dict, compare=False, hash=False)
-    start_time: sp.Expr | None = 0  # the t of clock_start (None: t = −∞, no check at t = 0)
+    start_time: sp.Expr | int | None = 0  # the t of clock_start (None: t = −∞, no check at t = 0)
 
     @property
     def f(self) -> sp.Expr:

@@ -157,7 +157,7 @@ def _pick_t_root(cands, s):
 
 
 @functools.cache
-def _gaussian_integral() -> sp.Expr:
+def _gaussian_integral() -> tuple[sp.Expr, tuple[sp.Symbol, sp.Symbol, sp.Symbol]]:
     """∫ exp(−a z² + b z + k) dz over R, a > 0 (sympy)."""
     z = sp.Symbol("z", real=True)
     a, b, k = sp.Symbol("a", positive=True), sp.Symbol("b", real=True), sp.Symbol("k", real=True)
@@ -369,6 +369,7 @@ def functions(name: str, module: str = "numpy") -> dict[str, Callable]:
     at_t = {alpha: k.alpha, sigma2: k.sigma2}
     a_of, v_of = kf["alpha"], kf["sigma2"]
     kl = lambdify((alpha, sigma2, mu, s2, m_pi, v_pi), cf["kl_to_prior"], module, rewrite=False)
+    out["kl_gaussian"] = kl  # KL(N(αμ, α²s² + σ²) ‖ N(m_π, v_π)) at given (α, σ²)
     prior_var = float(s.prior_var) if s.prior_var.is_number else None
     pv = lambdify(p, s.prior_var, module)
     out["kl_prior"] = lambda mu_, s2_, T_, *p_: kl(a_of(T_, *p_), v_of(T_, *p_), mu_, s2_, 0.0, pv(*p_))

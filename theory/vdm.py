@@ -119,7 +119,7 @@ def functions(module: str = "numpy") -> dict[str, Callable]:
     }
 
 
-def L_T_exact(x_: float, mu_: float, s2_: float, T: int, gamma_min, gamma_max, *, evalf: bool = False):
+def L_T_exact(x_, mu_, s2_, T: int, gamma_min, gamma_max, *, evalf: bool = False):
     """L_T(x) = ½ Σ_i (SNR(s_i) − SNR(t_i)) mse(SNR(t_i)) for a linear γ, s_i = (i−1)/T, t_i = i/T
     (exact denoiser). ``evalf=True``: 30-digit sympy evaluation (targets); else numpy float64."""
     if evalf:  # 30-digit arithmetic (mpmath) on exact rational inputs
