@@ -47,6 +47,9 @@ __all__ = [
 ]
 
 
+_DEFAULT_SOLVER = diffrax.Tsit5()
+
+
 class SolverError(RuntimeError):
     """An ODE solve failed: the step limit was reached or a value was not finite."""
 
@@ -165,7 +168,7 @@ def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_ste
     result = LikelihoodResult(
         log_prob=mean, latent=x_T, nfe=nfe, stderr=stderr, log_prob_per_probe=log_p, prior_log_prob=prior
     )
-    return result, ok
+    return result, ok, jnp.sum(~ok)
 
 
 def _failure_message(what: str, n_bad: int | str, n: int, max_steps: int) -> str:
@@ -176,15 +179,16 @@ def _failure_message(what: str, n_bad: int | str, n: int, max_steps: int) -> str
     )
 
 
-def check_solves(value: Array, ok: Bool[Array, " N"], *, what: str, max_steps: int) -> Array:
+def check_solves(value: Array, ok: Bool[Array, " N"], *, what: str, max_steps: int, n_bad=None) -> Array:
     """Raise :class:`SolverError` if any per-sample solve failed (``ok`` False); inside a caller's
     ``jit`` (``ok`` traced), attach the same message to ``value`` with :func:`equinox.error_if`.
-    Shared by every batched adaptive solve of the project (likelihood, ODE sampling)."""
+    Shared by every batched adaptive solve of the project (likelihood, ODE sampling). ``n_bad``, the
+    count of failures if the caller computed it on device, saves one dispatch."""
     n = ok.shape[0]
     if isinstance(ok, jax.core.Tracer):
         mask = ~ok.reshape((-1,) + (1,) * (value.ndim - 1))
         return eqx.error_if(value, mask, _failure_message(what, "some", n, max_steps))
-    n_bad = int(jnp.sum(~ok))
+    n_bad = int(jnp.sum(~ok) if n_bad is None else n_bad)
     if n_bad:
         raise SolverError(_failure_message(what, n_bad, n, max_steps))
     return value
@@ -254,7 +258,7 @@ def ode_log_likelihood(
     t1 = float(sde.T)
     if not (0.0 <= t0 < t1):
         raise ValueError(f"t_start must lie in [0, T) = [0, {t1:g}); got {t0:g}.")
-    solver = diffrax.Tsit5() if solver is None else solver
+    solver = _DEFAULT_SOLVER if solver is None else solver
     prior_log_prob = sde.prior_log_prob if prior_log_prob is None else prior_log_prob
 
     probes = None
@@ -265,11 +269,13 @@ def ode_log_likelihood(
         draw = jax.random.rademacher if probe == "rademacher" else jax.random.normal
         probes = draw(key, shape, dtype=x.dtype)
 
-    tols = jnp.asarray([rtol, atol, t0, t1], dtype=x.dtype)
+    tols = np.asarray([rtol, atol, t0, t1], dtype=x.dtype)  # traced: a new tolerance does not recompile
     if steps not in ("shared", "per_sample"):
         raise ValueError(f"steps must be 'shared' or 'per_sample'; got {steps!r}.")
-    result, ok = _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, int(max_steps), steps == "shared")
-    log_prob = check_solves(result.log_prob, ok, what="probability-flow ODE likelihood", max_steps=max_steps)
+    result, ok, n_bad = _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, int(max_steps), steps == "shared")
+    log_prob = check_solves(result.log_prob, ok, what="probability-flow ODE likelihood", max_steps=max_steps, n_bad=n_bad)
+    if log_prob is result.log_prob:
+        return result
     return eqx.tree_at(lambda r: r.log_prob, result, log_prob)
 
 
