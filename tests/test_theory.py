@@ -13,17 +13,22 @@ from hypothesis import strategies as st
 from scipy import integrate
 
 import numerics
-from theory import li_yan2024, lu2022, sde, song2021, targets, vdm
+from theory import _sym, affine, li_yan2024, lu2022, sde, song2021, targets, vdm
 
 TARGETS = targets.load()
 
 
 # --- exact identities --------------------------------------------------------------------------
-@pytest.mark.parametrize("module", [sde, song2021, vdm, lu2022, li_yan2024], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [sde, song2021, vdm, lu2022, li_yan2024, affine], ids=lambda m: m.__name__)
 def test_identities_simplify_to_zero(module):
     results = module.check_identities()
     assert len(results) >= 4
     assert [k for k, ok in results.items() if not ok] == []
+
+
+def test_normal_moments_mgf_equal_integration():
+    for k in (2, 3, 4):
+        assert _sym.normal_moment(k) == _sym.normal_moment_by_integration(k)
 
 
 # --- kernels vs numerics -------------------------------------------------------------------------
@@ -266,3 +271,70 @@ def test_li_yan_formula_quadrature_and_ddpm():
     assert val == pytest.approx(exact, abs=1e-10)
     errs = [abs(li_yan2024.ddpm_log_density(x, mu, s2, np.linspace(1e-4, 0.02 * 1000 / K, K)) - exact) for K in (250, 1000)]
     assert errs[1] < errs[0] and errs[1] < 5e-3
+
+
+def test_li_yan_ddpm_reference_case():
+    """THEORY.md §5.3: K = 1000, linear β 1e-4..0.02, "Gaussian data" gives −1.12662 vs exact −1.12765.
+    Identified: data N(0.7, 0.16) at x = 0.7 ± 0.6 (the Gaussian case depends on (x − μ)² only)."""
+    betas = np.linspace(1e-4, 0.02, 1000)
+    for x in (0.1, 1.3):
+        exact = -0.5 * math.log(2 * math.pi * 0.16) - (x - 0.7) ** 2 / 0.32
+        assert exact == pytest.approx(-1.12765, abs=5e-6)
+        assert li_yan2024.ddpm_log_density(x, 0.7, 0.16, betas) == pytest.approx(-1.12662, abs=5e-6)
+
+
+# --- wrong affine models: Theorem 1 and Lu (3.1)–(3.3) (theory.affine vs numerics.checks.affine) ---------
+AFFINE = {k: v for k, v in TARGETS["affine"].items() if "/" in k}
+
+
+@pytest.fixture(scope="module")
+def affine_numerics():
+    from numerics.checks.affine import AffineModel, affine_summary
+
+    d = TARGETS["affine"]["data"]
+    mu, s2 = jnp.array([d["mu"]]), jnp.array([d["s2"]])
+    n = numerics.VPSDE(0.1, 20.0)
+    out = {}
+    for key, rec in AFFINE.items():
+        model = AffineModel(mu=mu, s2=s2, dm=jnp.array([rec["dm"]]), dv=jnp.array([rec["dv"]]))
+        out[key] = affine_summary(mu, s2, model, n, t0=TARGETS["affine"]["eps"], prior="sde")
+    return out
+
+
+@pytest.mark.parametrize("key", sorted(AFFINE))
+def test_affine_wrong_model_vs_numerics(key, affine_numerics):
+    rec, s = AFFINE[key], affine_numerics[key]
+    pairs = {"KL_T": s.kl_T, "KL_sde": s.kl_sde, "KL_ode": s.kl_ode, "J_SM": s.J_SM, "J_ODE": s.J_ODE,
+             "J_Fisher": s.J_Fisher, "J_Fisher_bound": s.J_Fisher_bound}
+    for name, val in pairs.items():
+        assert rec[name] == pytest.approx(val, rel=1e-8), name
+    assert s.fisher_ratio_max <= 1 + 1e-9  # numerics: over its quadrature nodes; theory: a geometric t grid
+
+
+@pytest.mark.parametrize("key", sorted(AFFINE))
+def test_affine_theorem1_and_lu_bounds(key):
+    r = AFFINE[key]
+    tol = 1e-10 * max(1.0, r["KL_ode"])
+    # Theorem 1 with its exact gap J_gap = ½∫g² E(s_θ − ∇log p^SDE)² > 0: strict for a wrong model.
+    assert r["KL_sde"] == pytest.approx(r["KL_T"] + r["J_SM"] - r["J_gap"], abs=tol)
+    assert r["J_gap"] > 1e-3 and r["KL_sde"] < r["KL_T"] + r["J_SM"] - 1e-3
+    # Lu (3.1) and the regression of THEORY §8 item 11: first-order matching does not bound the ODE KL.
+    assert r["KL_ode"] == pytest.approx(r["KL_T"] + r["J_ODE"], abs=tol)
+    assert r["J_Diff"] > 1e-3 and r["KL_ode"] > r["KL_T"] + r["J_SM"] + 1e-3
+    # Cauchy–Schwarz (§3.2), both helpers, and the Grönwall high-order bounds (§3.3), tight K ≤ universal K.
+    cs = lu2022.cauchy_schwarz_bound(r["KL_T"], r["J_SM"], r["J_Fisher"])
+    assert cs == pytest.approx(affine.cauchy_schwarz_bound(r["KL_T"], r["J_SM"], r["J_Fisher"]), rel=1e-15)
+    assert cs == pytest.approx(r["cs_bound"], rel=1e-11)
+    assert r["KL_ode"] <= cs <= r["high_order_bound"] <= r["high_order_bound_universal"]
+    assert r["J_Fisher"] <= r["J_Fisher_bound"] <= r["J_Fisher_bound_universal"]
+    assert r["fisher_ratio_max"] <= 1 + 1e-9 and r["fisher_ratio_max_universal"] <= 1 + 1e-9
+
+
+def test_affine_growth_factor_closed_form():
+    """exp(½(γ(τ) − γ(t)) + ∫_t^τ f) = σ_τ/σ_t, numerically for VP (the universal Grönwall factor)."""
+    fk = sde.functions("vp")
+    p, t0, t1 = (0.1, 20.0), 0.05, 0.7
+    integral_f = integrate.quad(lambda u: fk["f"](u, *p), t0, t1, epsabs=0, epsrel=1e-13)[0]
+    lhs = math.exp(0.5 * (-fk["log_snr"](t1, *p) + fk["log_snr"](t0, *p)) + integral_f)
+    rhs = affine.gronwall_growth_factor(math.sqrt(fk["sigma2"](t0, *p)), math.sqrt(fk["sigma2"](t1, *p)))
+    assert lhs == pytest.approx(rhs, rel=1e-12)

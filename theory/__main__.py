@@ -3,13 +3,13 @@
 import sys
 import time
 
-from theory import li_yan2024, lu2022, sde, song2021, targets, vdm
+from theory import affine, li_yan2024, lu2022, sde, song2021, targets, vdm
 
 
 def main() -> int:
     t0 = time.perf_counter()
     failed = []
-    for mod in (sde, song2021, vdm, lu2022, li_yan2024):
+    for mod in (sde, song2021, vdm, lu2022, li_yan2024, affine):
         for name, ok in mod.check_identities().items():
             if not ok:
                 failed.append(f"{mod.__name__}:{name}")

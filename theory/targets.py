@@ -14,12 +14,12 @@ from pathlib import Path
 
 import sympy as sp
 
+from theory import affine, song2021, vdm
 from theory import sde as _sde
-from theory import song2021, vdm
 
 __all__ = ["VERSION", "PATH", "build", "dumps", "write", "load"]
 
-VERSION = 1
+VERSION = 2  # 2: "affine" (wrong-model Theorem 1 / Lu (3.1)–(3.3)) section
 PATH = Path(__file__).with_name("targets.json")
 
 T_GRID = ("1e-5", "1e-3", "1e-2", "1e-1", "1/2", "1")
@@ -28,6 +28,28 @@ EPS = {"vp": ("1e-5", "1e-3"), "subvp": ("1e-5", "1e-2"), "ve_exact": ("1e-5", "
 GAUSS = {"mu": "7/10", "s2": "16/100"}
 VDM_CASE = {"x": "11/10", "mu": "3/10", "s2": "1/4", "gamma_min": "-133/10", "gamma_max": "5"}
 VDM_T = (1, 2, 4, 8, 16, 32, 64, 256, 1024)
+# Wrong affine models on N(0.7, 0.16), VP defaults, [1e-3, 1] (THEORY §8 items 9–11): name → (dm, dv).
+AFFINE_CASES = {"vp/dv=1/8": ("0", "1/8"), "vp/dm=3/10": ("3/10", "0"), "vp/dm=-1/5,dv=-3/10": ("-1/5", "-3/10")}
+AFFINE_EPS = "1e-3"
+AFFINE_DIGITS = 12  # quadrature (solve_ivp, rtol 1e-13) values, rounded for byte-reproducibility
+
+
+def _round(v: float) -> float:
+    return float(f"{v:.{AFFINE_DIGITS}g}")
+
+
+def _affine() -> dict:
+    out = {"data": {k: float(_q(v)) for k, v in GAUSS.items()}, "eps": float(_q(AFFINE_EPS)), "T": 1.0,
+           "method": "lambdified exact integrands and moment ODEs, solve_ivp DOP853 rtol 1e-13, "
+                     f"rounded to {AFFINE_DIGITS} significant digits"}
+    for key, (dm, dv) in AFFINE_CASES.items():
+        name = key.split("/")[0]
+        spec = _sde.spec(name)
+        p = tuple(float(spec.defaults[s]) for s in spec.params)
+        r = affine.affine_terms(float(_q(GAUSS["mu"])), float(_q(GAUSS["s2"])), float(_q(dm)), float(_q(dv)), name, p,
+                                float(_q(AFFINE_EPS)))
+        out[key] = {"dm": float(_q(dm)), "dv": float(_q(dv)), **{k: _round(v) for k, v in r.items()}}
+    return out
 
 
 def _q(s: str) -> sp.Rational:
@@ -86,6 +108,7 @@ def build() -> dict:
             str(T): vdm.L_T_exact(c["x"], c["mu"], c["s2"], T, c["gamma_min"], c["gamma_max"], evalf=True) for T in VDM_T
         },
     }
+    out["affine"] = _affine()
     return out
 
 
