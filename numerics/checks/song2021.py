@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numerics.bounds import eps_offset_bound, neg_prior_expectation
 from numerics.checks import engine, ode_model
 from numerics.checks.affine import AffineModel, affine_summary, quad_moment
 from numerics.checks.engine import CheckResult
@@ -185,11 +186,8 @@ def check_theorem2_stein(
 
 
 def _neg_prior_term(sde: SDE, x):
-    """−E[log π(X_T) | X_0 = x] for π = N(0, s² I), exact."""
-    aT, vT = sde.mean_coeff(jnp.asarray(sde.T)), sde.variance(jnp.asarray(sde.T))
-    s2 = float(sde.prior_std) ** 2
-    D = x.shape[0]
-    return float(0.5 * (aT**2 * jnp.sum(x**2) + D * vT) / s2 + 0.5 * D * math.log(2 * math.pi * s2))
+    """−E[log π(X_T) | X_0 = x] for π = N(0, s² I), exact (one point x)."""
+    return float(neg_prior_expectation(sde, jnp.asarray(x)[None])[0])
 
 
 def _tight_integrand(args, x_t, t, x0, eps, alpha, sigma):
@@ -341,18 +339,7 @@ def check_eps_offset_bound(
     w = jnp.asarray(grid.w_g2)
     node_eps = engine.path_noise(k2, n_samples, grid.n, D)
     diff_i = engine.eval_on_paths(_dsm_integrand, (model,), x0, node_eps, grid.t, alpha, sigma) @ w
-    a_e, s_e = sde.mean_coeff(jnp.asarray(t_e)), sde.std(jnp.asarray(t_e))
-    aT, sT = sde.mean_coeff(jnp.asarray(sde.T)), sde.std(jnp.asarray(sde.T))
-    const = 0.5 * D * float(jnp.log(sT**2 / s_e**2))
-    xT = aT * x0 + sT * eps
-    prior = -jax.vmap(sde.prior_log_prob)(xT)
-    x_e = a_e * x0 + s_e * eps
-    s_at = jax.vmap(lambda z: model(z, jnp.asarray(t_e)))(x_e)
-    m_hat = (x_e + s_e**2 * s_at) / a_e
-    dec_var = (s_e / a_e) ** 2
-    dec = 0.5 * jnp.sum((x0 - m_hat) ** 2, -1) / dec_var + 0.5 * D * jnp.log(2 * jnp.pi * dec_var)
-    ent = 0.5 * D * jnp.log(2 * jnp.pi * jnp.e * s_e**2)
-    bound_i = prior + diff_i - const + dec - ent
+    bound_i = eps_offset_bound(model, sde, x0, diff_i, eps).total
     nll_i = -q.log_prob(x0)
     lhs, rhs, se = engine.paired(nll_i, bound_i)
     return engine.inequality(
