@@ -10,6 +10,7 @@ Everything is computed by training.train and training.evaluate.
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 import time
@@ -52,6 +53,7 @@ def train_runs(ctx: Context) -> dict:
     if "table2_runs" in ctx.cache:
         return ctx.cache["table2_runs"]
     root = Path(tempfile.mkdtemp(prefix="table2_runs_"))
+    atexit.register(shutil.rmtree, root, True)  # the runs live for this process (figure 8 reads them)
     steps = ctx.size(1500, 150)
     runs = {}
     for w, _ in WEIGHTINGS:
@@ -115,7 +117,9 @@ def _digits_panel(ctx: Context, ax, summary, lines):
     cfg = get_config("digits", [f"train.num_steps={steps}", f"train.ckpt_every={steps}", "train.log_every=20",
                                 "train.progress=false", f"train.seed={ctx.seed}", "model.nf=16",
                                 "model.attn_resolutions=", "model.dropout=0"])
-    workdir = _fresh(Path(tempfile.mkdtemp(prefix="table2_digits_")) / "digits_g2_is")
+    root = Path(tempfile.mkdtemp(prefix="table2_digits_"))
+    atexit.register(shutil.rmtree, root, True)
+    workdir = _fresh(root / "digits_g2_is")
     t0 = time.perf_counter()
     train(cfg, workdir)
     t_train = time.perf_counter() - t0
