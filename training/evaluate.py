@@ -18,7 +18,7 @@ error over examples (which already contains the Monte Carlo noise of each exampl
       prior:      −E[log π(X_T) | x]                          (exact for the Gaussian SDE prior)
     + diffusion:  ½∫_ε^T g² E‖s_θ(x_t,t) + ε/σ_t‖² dt          (numerics.losses.dsm_loss_terms, t ~ p_IS)
     − constant:   (D/2) log(σ_T²/σ_ε²)                         (THEORY.md Eq. 2.1)
-    + decoder:    E[−log N(x; m̂(x_ε), σ_ε²/α_ε² I)],  m̂ = Tweedie (numerics.sampling.tweedie_denoise)
+    + decoder:    E[−log N(x; m̂(x_ε), σ_ε²/α_ε² I)],  m̂ = (x_ε + σ_ε² s_θ(x_ε, ε))/α_ε (Tweedie)
     − entropy:    (D/2) log(2πe σ_ε²)                          (entropy of q_{0ε}(·|x))
 
   The diffusion term subtracts the mean-zero control variate c(t)·w(t)·½(‖ε‖² − D) (numerics.checks.
@@ -29,9 +29,10 @@ error over examples (which already contains the Monte Carlo noise of each exampl
   20 to 12 nats. The t of the ``n_draws`` draws of one example are stratified in the importance CDF
   (u_j = (j + U_j)/n_draws), which is unbiased; the per-example SE reported is the i.i.d. formula,
   an upper bound for stratified draws.
-  :func:`eps_offset_bound_terms` is the per-example computation at given (t, ε) draws — the
-  reusable piece (``numerics.checks.song2021.check_eps_offset_bound`` computes the same sum inline
-  with quadrature nodes).
+  :func:`eps_offset_bound_terms` is the per-example computation at given (t, ε) draws: the Monte
+  Carlo diffusion term here, everything else by :func:`numerics.bounds.eps_offset_bound` (shared with
+  ``numerics.checks.song2021.check_eps_offset_bound``, which estimates the diffusion term by
+  quadrature instead).
 * :func:`to_bits_per_dim`, :func:`image_nll_bpd`, :func:`image_bound_bpd` — uniform
   dequantisation (training.data.dequantize) and numerics.likelihood.bits_per_dim
   (data_scale = 2 for data centred to [−1, 1]; THEORY.md §2.9).
@@ -56,14 +57,14 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 import numerics
 from numerics.likelihood import bits_per_dim, ode_log_likelihood
-from numerics.losses import dsm_loss_terms, perturb, time_weight
-from numerics.sampling import tweedie_denoise
+from numerics.bounds import EpsOffsetBound
+from numerics.bounds import eps_offset_bound as assemble_bound
+from numerics.losses import dsm_loss_terms, time_weight
 from numerics.sde import SDE
 
 __all__ = [
     "Estimate",
     "EpsModel",
-    "BoundTerms",
     "eps_from_score",
     "ode_nll",
     "eps_offset_bound_terms",
@@ -203,30 +204,6 @@ def ode_nll(
 # --- Song et al.'s ε-offset bound -------------------------------------------------------------------
 
 
-class BoundTerms(eqx.Module):
-    """Per-example pieces of the ε-offset bound at one draw (see the module docstring);
-    ``total = prior + diffusion − constant + decoder − entropy``."""
-
-    total: Float[Array, " N"]
-    prior: Float[Array, " N"]
-    diffusion: Float[Array, " N"]
-    constant: Float[Array, ""]
-    decoder: Float[Array, " N"]
-    entropy: Float[Array, ""]
-
-
-def _neg_prior_expectation(sde: SDE, x0: Float[Array, "N *event"]) -> Float[Array, " N"]:
-    """−E[log π(X_T) | X_0 = x] for the SDE's Gaussian prior π = N(0, s² I), exact:
-    ½(α_T²‖x‖² + D σ_T²)/s² + (D/2) log(2π s²) (the same expression as numerics.checks.song2021)."""
-    n = x0.shape[0]
-    D = int(np.prod(x0.shape[1:]))
-    T = jnp.asarray(sde.T, x0.dtype)
-    aT, vT = sde.mean_coeff(T), sde.variance(T)
-    s2 = float(sde.prior_std) ** 2
-    sq = jnp.sum(jnp.square(x0.reshape(n, -1)), -1)
-    return 0.5 * (aT**2 * sq + D * vT) / s2 + 0.5 * D * math.log(2 * math.pi * s2)
-
-
 def eps_offset_bound_terms(
     model: EpsModel,
     sde: SDE,
@@ -237,14 +214,14 @@ def eps_offset_bound_terms(
     *,
     weighting: Literal["g2", "g2_is"] = "g2_is",
     control_variate: bool = True,
-) -> BoundTerms:
+) -> EpsOffsetBound:
     """One unbiased per-example draw of Song et al.'s ε-offset bound (THEORY.md §2.7), ε = sde.t_min.
 
-    ``t`` (drawn by ``numerics.sample_time(sde, ·, ·, weighting)``) and ``eps_t`` give the diffusion
-    term through :func:`numerics.losses.dsm_loss_terms` (minus the control variate
-    w(t)·½(‖ε‖² − D) when ``control_variate``); ``eps_0`` gives x_ε = α_ε x + σ_ε ε for the Tweedie
-    decoder. The prior term is the exact expectation under the SDE's Gaussian prior. Computes in
-    the dtype of ``x0``.
+    The diffusion term is Monte Carlo over (t, ``eps_t``) through
+    :func:`numerics.losses.dsm_loss_terms` (t drawn by the caller from the weighting's law), minus the
+    control variate c(t)·w(t)·½(‖ε‖² − D) when ``control_variate``; prior, Eq. 2.1 constant, Tweedie
+    decoder (x_ε from ``eps_0``) and entropy are assembled by :func:`numerics.bounds.eps_offset_bound`.
+    Computes in the dtype of ``x0``.
     """
     if weighting not in ("g2", "g2_is"):
         raise ValueError(f"the bound needs the likelihood weighting ('g2' or 'g2_is'); got {weighting!r}.")
@@ -252,25 +229,14 @@ def eps_offset_bound_terms(
     D = int(np.prod(x0.shape[1:]))
     dtype = x0.dtype
     t_e = float(sde.t_min)
-    eps_fn = _EpsOf(model)
-    diff = dsm_loss_terms(eps_fn, sde, x0, t, eps_t, weighting, parameterisation="eps", t_min=t_e)
+    diff = dsm_loss_terms(_EpsOf(model), sde, x0, t, eps_t, weighting, parameterisation="eps", t_min=t_e)
     if control_variate:
         tt = t.astype(dtype)
         snr = jnp.exp(sde.log_snr(tt))
         coeff = jnp.square(snr / (1.0 + snr))
         sq = jnp.sum(jnp.square(eps_t.reshape(n, -1)), -1)
         diff = diff - coeff * time_weight(sde, tt, weighting, t_min=t_e) * 0.5 * (sq - D)
-    T = jnp.asarray(sde.T, dtype)
-    te = jnp.asarray(t_e, dtype)
-    constant = 0.5 * D * jnp.log(sde.variance(T) / sde.variance(te))
-    prior = _neg_prior_expectation(sde, x0)
-    x_e, sigma_e = perturb(sde, x0, jnp.full((n,), t_e, dtype), eps_0)
-    m_hat = tweedie_denoise(model, sde, x_e, te)
-    dec_var = sde.variance(te) / sde.mean_coeff(te) ** 2
-    decoder = 0.5 * jnp.sum(jnp.square((x0 - m_hat).reshape(n, -1)), -1) / dec_var + 0.5 * D * jnp.log(2 * jnp.pi * dec_var)
-    entropy = 0.5 * D * jnp.log(2 * jnp.pi * jnp.e * sde.variance(te))
-    total = prior + diff - constant + decoder - entropy
-    return BoundTerms(total=total, prior=prior, diffusion=diff, constant=constant, decoder=decoder, entropy=entropy)
+    return assemble_bound(model, sde, x0, diff.astype(dtype), eps_0)
 
 
 @eqx.filter_jit
