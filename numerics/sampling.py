@@ -32,6 +32,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from numerics.likelihood import SolverError, check_solves, evaluations_per_step
@@ -198,9 +199,9 @@ def _ode_one(score_fn, sde, x, *, rtol, atol, solver, max_steps):
 
 
 @eqx.filter_jit
-def _ode_batch(score_fn, sde, x_T, config):
-    rtol, atol, solver, max_steps = config
-    return jax.vmap(lambda x: _ode_one(score_fn, sde, x, rtol=rtol, atol=atol, solver=solver, max_steps=max_steps))(x_T)
+def _ode_batch(score_fn, sde, x_T, tols, solver, max_steps):
+    """``tols`` = (rtol, atol) is traced: a new tolerance does not recompile."""
+    return jax.vmap(lambda x: _ode_one(score_fn, sde, x, rtol=tols[0], atol=tols[1], solver=solver, max_steps=max_steps))(x_T)
 
 
 def ode_sample(
@@ -222,7 +223,7 @@ def ode_sample(
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be positive; got rtol={rtol}, atol={atol}.")
     solver = diffrax.Tsit5() if solver is None else solver
-    y, num_steps, ok = _ode_batch(score_fn, sde, x_T, (float(rtol), float(atol), solver, max_steps))
+    y, num_steps, ok = _ode_batch(score_fn, sde, x_T, np.asarray([rtol, atol], dtype=x_T.dtype), solver, max_steps)
     y = check_solves(y, ok, what="probability-flow ODE sampling", max_steps=max_steps)
     if denoise:
         y = tweedie_denoise(score_fn, sde, y, sde.t_min)
