@@ -54,6 +54,7 @@ __all__ = [
     "TimeGrid",
     "time_grid",
     "divergence",
+    "diffused_log_prob",
 ]
 
 Kind = Literal["identity", "inequality"]
@@ -242,6 +243,12 @@ def time_grid(
 def divergence(fn: Callable, x, t):
     """∇·fn(x, t) for ONE point x of shape (D,), by the exact Jacobian trace (D ≤ ~100)."""
     return jnp.trace(jax.jacfwd(lambda y: fn(y, t))(x))
+
+
+@jax.jit
+def diffused_log_prob(q, alpha, var, x):
+    """log q_t(x) of a mixture q diffused to a time with coefficients (α_t, σ_t²), compiled once per shape."""
+    return q._diffuse(alpha, var).log_prob(x)
 
 
 def key_from_seed(seed: int):

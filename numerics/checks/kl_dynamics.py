@@ -29,10 +29,8 @@ def score_gap_integrand(args, x_t, t, x0, eps, alpha, sigma):
     return 0.5 * jnp.sum(jnp.square(a(x_t, t) - b(x_t, t)))
 
 
-@jax.jit
 def _log_ratio(q, p, alpha, var, x):
-    qt, pt = q._diffuse(alpha, var), p._diffuse(alpha, var)
-    return qt.log_prob(x) - pt.log_prob(x)
+    return engine.diffused_log_prob(q, alpha, var, x) - engine.diffused_log_prob(p, alpha, var, x)
 
 
 def check_kl_dynamics(

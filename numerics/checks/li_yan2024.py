@@ -59,11 +59,6 @@ def reference_gaussian(q: GaussianMixture) -> GaussianMixture:
     return GaussianMixture(np.ones(1), mean[None, :], (np.trace(cov) / D * np.eye(D))[None])
 
 
-@jax.jit
-def _logq(q, alpha, var, x):
-    return q._diffuse(alpha, var).log_prob(x)
-
-
 def check_density_formula(q: GaussianMixture, x, *, sde: LiYanSDE | None = None, seed: int = 0,
                           n_samples: int = 512) -> list[CheckResult]:
     """L&Y Thm (THEORY.md Eq. 5.1): the DSM and SM forms reproduce the exact log q_0(x) (MC, 3 SE)."""
@@ -81,7 +76,7 @@ def check_density_formula(q: GaussianMixture, x, *, sde: LiYanSDE | None = None,
     aT, vT = sde.mean_coeff(jnp.asarray(sde.T)), sde.variance(jnp.asarray(sde.T))
     xT = aT * x + jnp.sqrt(vT) * jax.random.normal(k2, (n_samples, D), dtype=jnp.float64)
     # control variate: the same estimator for the reference Gaussian r, whose value is log r(x)
-    logqT = _logq(q, aT, vT, xT) - _logq(r, aT, vT, xT) + float(r.log_prob(x))
+    logqT = engine.diffused_log_prob(q, aT, vT, xT) - engine.diffused_log_prob(r, aT, vT, xT) + float(r.log_prob(x))
     exact = float(q.log_prob(x))
     out = []
     for j, form in enumerate(("dsm", "sm")):
@@ -128,7 +123,7 @@ def check_ddpm_formula(q: GaussianMixture, x, *, K: int = 1000, beta_min: float 
     v = alpha**2 * rc + sigma**2
     ref_term = alpha**2 * float(np.sum((np.asarray(x) - rm) ** 2)) / v**2 + D * (1 / sigma - sigma / v) ** 2 - D * alpha**2 / sigma**2
     xK = alpha[-1] * x + sigma[-1] * jax.random.normal(k2, (n_samples, D), dtype=jnp.float64)
-    logqK = _logq(q, jnp.asarray(alpha[-1]), jnp.asarray(sigma[-1] ** 2), xK)
+    logqK = engine.diffused_log_prob(q, jnp.asarray(alpha[-1]), jnp.asarray(sigma[-1] ** 2), xK)
     wk = (1.0 - a) / a
     est_i = logqK - 0.5 * (vals @ jnp.asarray(wk)) - 0.5 * float(wk @ ref_term)
     m, se = engine.mc_mean(est_i)

@@ -196,11 +196,6 @@ def _tight_integrand(args, x_t, t, x0, eps, alpha, sigma):
     return 0.5 * jnp.sum(s**2) + engine.divergence(model, x_t, t)
 
 
-@jax.jit
-def _mixture_logq(q, alpha, var, x):
-    return q._diffuse(alpha, var).log_prob(x)
-
-
 def check_theorem2_tight(
     q: GaussianMixture, sde: SDE, x, *, seed: int = 0, n_samples: int = 1024, n_panels: int = 8, order: int = 12
 ) -> CheckResult:
@@ -226,10 +221,10 @@ def check_theorem2_tight(
     aT, bT = _conditional_paths(sde, x, eps, jnp.asarray(sde.T), eps_t)
     xT = aT * x + bT * eps
     aTm, vTm = sde.mean_coeff(jnp.asarray(sde.T)), sde.variance(jnp.asarray(sde.T))
-    logqT = _mixture_logq(q, aTm, vTm, xT)
+    logqT = engine.diffused_log_prob(q, aTm, vTm, xT)
     bound_i = -logqT + integral_i - f_int
     lhs, se = engine.mc_mean(bound_i)
-    rhs = -float(_mixture_logq(q, sde.mean_coeff(jnp.asarray(eps_t)), sde.variance(jnp.asarray(eps_t)), x))
+    rhs = -float(engine.diffused_log_prob(q, sde.mean_coeff(jnp.asarray(eps_t)), sde.variance(jnp.asarray(eps_t)), x))
     return engine.identity(
         "song_thm2_tight",
         PAPER,
