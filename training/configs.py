@@ -44,9 +44,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SDEConfig:
-    """Forward SDE (numerics.sde). ``t_min=None`` uses the SDE's default (VP 1e-5, sub-VP 1e-2)."""
+    """Forward SDE (numerics.sde). ``t_min=None`` uses the SDE's default (VP 1e-5, sub-VP 1e-2, VDM 0).
 
-    name: Literal["vp", "subvp", "ve"] = "vp"
+    ``vdm``: the variance-preserving :class:`numerics.LogSNRSDE` of a γ(t) = −log SNR schedule
+    (Kingma et al. 2021, Eq. 3–4): ``schedule`` "learned" (:class:`numerics.vdm.MonotoneGamma` with
+    ``schedule_features`` hidden units, its endpoints "learned" or "fixed"), "linear" or "cosine";
+    γ(0) = ``gamma_min``, γ(1) = ``gamma_max`` at initialisation.
+    """
+
+    name: Literal["vp", "subvp", "ve", "vdm"] = "vp"
     beta_min: float = 0.1
     beta_max: float = 20.0
     sigma_min: float = 0.01
@@ -54,13 +60,37 @@ class SDEConfig:
     ve_kernel: Literal["exact", "score_sde"] = "exact"
     t_min: float | None = None
     T: float = 1.0
+    schedule: Literal["learned", "linear", "cosine"] = "learned"
+    gamma_min: float = -13.3
+    gamma_max: float = 5.0
+    endpoints: Literal["learned", "fixed"] = "learned"
+    schedule_features: int = 1024
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weighted DSM (numerics.losses): ``sigma2`` (λ = σ²), ``g2`` (λ = g²), ``g2_is`` (λ = g², IS t)."""
+    """The training objective (training.objectives).
 
+    * ``dsm``: weighted denoising score matching of Song et al. 2021 (numerics.losses) with
+      ``weighting`` ``sigma2`` (λ = σ²), ``g2`` (λ = g²) or ``g2_is`` (λ = g², importance-sampled t).
+    * ``high_order``: Lu et al. 2022's L1 + w2·L2 + w3·L3 (numerics.high_order) up to ``order`` (2 or 3),
+      ``order_weights`` (w1, w2, w3), ``estimator`` "exact" (small D) or "hutchinson" with ``n_probes``.
+      Usually fine-tuned from a first-order run (``train.init_from``).
+    * ``vdm``: VDM's continuous-time −VLB (numerics.vdm.vdm_loss; needs ``sde.name=vdm``) with
+      ``antithetic`` t and, when ``variance_gradient``, the variance-minimising gradient for the
+      schedule's interior (Kingma et al. 2021 App. I.2). ``vdm_data``: "discrete" (8-bit images,
+      VDM's discrete decoder), "continuous" (Gaussian decoder) or "auto" (discrete for images).
+    """
+
+    objective: Literal["dsm", "high_order", "vdm"] = "dsm"
     weighting: Literal["sigma2", "g2", "g2_is"] = "g2_is"
+    order: int = 2
+    order_weights: tuple[float, ...] = (1.0, 1.0, 1.0)
+    estimator: Literal["exact", "hutchinson"] = "hutchinson"
+    n_probes: int = 1
+    antithetic: bool = True
+    variance_gradient: bool = True
+    vdm_data: Literal["auto", "continuous", "discrete"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -69,6 +99,8 @@ class ModelConfig:
 
     ``mlp``: width, depth (residual blocks), temb_dim. ``ddpmpp``: nf, ch_mult, num_res_blocks,
     attn_resolutions, dropout, embedding ("positional" | "fourier"), fourier_scale.
+    ``input_fourier``: exponents n of VDM's input Fourier features sin/cos(2^n·2π·x) concatenated
+    to the input channels (Kingma et al. 2021, App. B; VDM uses (6, 7); THEORY.md §4.8).
     ``compute_dtype``: parameters are stored in float32; "bfloat16" casts them and the activations
     for the forward/backward pass (mixed precision).
     """
@@ -85,6 +117,7 @@ class ModelConfig:
     embedding: Literal["positional", "fourier"] = "positional"
     fourier_scale: float = 16.0
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    input_fourier: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,7 +135,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam with linear warm-up, global-norm clipping and parameter EMA (score_sde's optimiser)."""
+    """Adam with linear warm-up, global-norm clipping and parameter EMA (score_sde's optimiser);
+    ``weight_decay`` > 0 makes it AdamW (VDM's optimiser)."""
 
     lr: float = 2e-4
     warmup: int = 5000
@@ -111,11 +145,16 @@ class OptimConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     ema_rate: float = 0.9999
+    weight_decay: float = 0.0
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Loop settings. ``batch_size`` is the GLOBAL batch (split over devices and hosts)."""
+    """Loop settings. ``batch_size`` is the GLOBAL batch (split over devices and hosts).
+
+    ``init_from``: a training work directory whose latest checkpoint initialises the parameters
+    (and their EMA) of a new run — fine-tuning, e.g. high-order DSM from a first-order model
+    (Lu et al. 2022, §5). Step and optimiser state start afresh."""
 
     batch_size: int = 128
     num_steps: int = 1_300_000
@@ -124,6 +163,7 @@ class TrainConfig:
     ckpt_every: int = 10_000
     keep: int = 3
     progress: bool = True
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -258,6 +258,7 @@ def _config_identity(d: dict) -> dict:
     for k in ("num_steps", "log_every", "ckpt_every", "keep", "progress"):
         d["train"].pop(k, None)
     d["data"].pop("data_dir", None)
+    d["train"].pop("init_from", None)  # only the start of a run reads it; a resume restores its checkpoint
     return d
 
 
