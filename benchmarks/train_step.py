@@ -60,7 +60,7 @@ def bench(name: str, steps: int, eager_steps: int) -> dict:
     stream = _FakeCifar(B).stream if cfg.data.name == "cifar10" else make_stream(cfg.data, B, cfg.train.seed)
     state, static, tx, schedule = init_state(cfg, tuple(stream.event_shape))
     state = jax.device_put(state, shd.replicated(mesh))
-    raw_step = make_train_step(static, sde, stream, tx, schedule, cfg, mesh)
+    raw_step = make_train_step(static, stream, tx, schedule, cfg, mesh)
     key = jax.device_put(jax.random.PRNGKey(0), shd.replicated(mesh))
     m = cfg.model
     desc = (f"MLP width={m.width} depth={m.depth}" if m.name == "mlp" else

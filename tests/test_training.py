@@ -271,11 +271,11 @@ def test_ddpmpp_forward_backward_on_cifar_shaped_batch():
     assert sum(isinstance(b, AttnBlock) for b in model.up) == 1
     sde = build_sde(cfg.sde)
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    loss_fn = make_loss_fn(static, sde, cfg)
+    loss_fn = make_loss_fn(static, cfg)
 
     def step(params, x, key):
-        (loss, (terms, t)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, key)
-        out = jax.vmap(eqx.combine(params, static))(x, t)
+        (loss, (terms, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, key)
+        out = jax.vmap(eqx.combine(params, static))(x, jnp.full((x.shape[0],), 0.3, F32))
         return loss, terms, grads, out
 
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 3, 32, 32), F32, -1, 1)

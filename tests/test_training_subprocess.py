@@ -65,7 +65,7 @@ SHARDED_SCRIPT = textwrap.dedent(
             mesh = shd.make_mesh(jax.devices()[:n_dev])
             state, static, tx, schedule = init_state(cfg, stream.event_shape)
             state = jax.device_put(state, shd.replicated(mesh))
-            jitted = jit_step(make_train_step(static, sde, stream, tx, schedule, cfg, mesh), mesh)
+            jitted = jit_step(make_train_step(static, stream, tx, schedule, cfg, mesh), mesh)
             key = jax.device_put(jax.random.PRNGKey(cfg.train.seed), shd.replicated(mesh))
             raw0 = shd.host_to_global(stream.host_batch(0), mesh, cfg.train.batch_size)
             # -O0 roughly halves XLA's CPU compile time; the comparison is between two compiles anyway

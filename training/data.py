@@ -244,6 +244,13 @@ MIXTURES: dict[str, dict] = {
             [[0.05, 0.0], [0.0, 0.30]],
         ],
     ),
+    # Lu et al. 2022's 1-D "mog" toy (THEORY.md §3.8; toy.py): weights (0.3, 0.3, 0.4), means
+    # (−2, −6, 4)/7, variances (0.1, 0.1, 1)/49 (their ``stds`` are variances).
+    "lu_mog_1d": dict(
+        weights=[0.3, 0.3, 0.4],
+        means=[[-2.0 / 7.0], [-6.0 / 7.0], [4.0 / 7.0]],
+        covariances=[[[0.1 / 49.0]], [[0.1 / 49.0]], [[1.0 / 49.0]]],
+    ),
     # A 1-component reference (Gaussian data; closed forms in THEORY.md §6.1).
     "gaussian_2d": dict(weights=[1.0], means=[[0.7, -0.3]], covariances=[[[0.16, 0.0], [0.0, 0.5]]]),
 }

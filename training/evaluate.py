@@ -355,8 +355,10 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
 
 def load_model(workdir: str | os.PathLike, step: int | None = None, *, ema: bool = True):
     """(model, cfg, sde, step): the :class:`EpsModel` with the EMA (or raw) parameters of checkpoint
-    ``step`` (latest if None) of a training work directory, its config and SDE."""
-    from training.train import build_sde, load_state
+    ``step`` (latest if None) of a training work directory, its config and SDE (for a VDM run the
+    :class:`numerics.LogSNRSDE` of its learned schedule, with the EMA parameters)."""
+    from training.objectives import sde_of
+    from training.train import load_state
 
     with open(os.path.join(os.fspath(workdir), "config.json")) as f:
         cfg = config_from_dict(json.load(f))
@@ -367,5 +369,5 @@ def load_model(workdir: str | os.PathLike, step: int | None = None, *, ema: bool
         step = steps[-1]
     state, static = load_state(cfg, workdir, step)
     net = eqx.combine(state.ema if ema else state.params, static)
-    sde = build_sde(cfg.sde)
+    sde = sde_of(net, cfg)  # a VDM run's learned schedule lives in the model
     return EpsModel(net, sde), cfg, sde, int(step)

@@ -39,6 +39,7 @@ from training.configs import Config, config_to_dict
 from training.data import make_stream
 from training.metrics import MetricsWriter
 from training.networks import DDPMpp, MLPScoreNet
+from training.objectives import ScheduledNet, make_objective, uses_discrete_data
 
 __all__ = [
     "TrainState",
@@ -72,8 +73,13 @@ class TrainState(eqx.Module):
 # --- builders -------------------------------------------------------------------------------
 
 
-def build_sde(c) -> numerics.SDE:
-    """The numerics SDE of an :class:`SDEConfig`."""
+def build_sde(c, key: PRNGKeyArray | None = None) -> numerics.SDE:
+    """The numerics SDE of an :class:`SDEConfig`. A learned VDM schedule needs ``key`` for its
+    initial parameters; the trained one lives in the model (training.objectives.sde_of)."""
+    if c.name == "vdm":
+        from training.objectives import build_schedule_sde
+
+        return build_schedule_sde(c, key)
     kw = {} if c.t_min is None else {"t_min": c.t_min}
     if c.name == "vp":
         return numerics.VPSDE(c.beta_min, c.beta_max, T=c.T, **kw)
@@ -81,7 +87,7 @@ def build_sde(c) -> numerics.SDE:
         return numerics.SubVPSDE(c.beta_min, c.beta_max, T=c.T, **kw)
     if c.name == "ve":
         return numerics.VESDE(c.sigma_min, c.sigma_max, kernel=c.ve_kernel, T=c.T, **kw)
-    raise ValueError(f"unknown SDE {c.name!r}; choose vp, subvp or ve.")
+    raise ValueError(f"unknown SDE {c.name!r}; choose vp, subvp, ve or vdm.")
 
 
 def build_model(c, event_shape: tuple[int, ...], key: PRNGKeyArray) -> eqx.Module:
@@ -89,7 +95,7 @@ def build_model(c, event_shape: tuple[int, ...], key: PRNGKeyArray) -> eqx.Modul
     if c.name == "mlp":
         if len(event_shape) != 1:
             raise ValueError(f"the MLP needs vector data of shape (D,); got examples of shape {event_shape}.")
-        return MLPScoreNet(event_shape[0], c.width, c.depth, c.temb_dim, key=key)
+        return MLPScoreNet(event_shape[0], c.width, c.depth, c.temb_dim, input_fourier=tuple(c.input_fourier), key=key)
     if c.name == "ddpmpp":
         if len(event_shape) != 3:
             raise ValueError(f"DDPM++ needs images of shape (C, H, W); got examples of shape {event_shape}.")
@@ -102,6 +108,7 @@ def build_model(c, event_shape: tuple[int, ...], key: PRNGKeyArray) -> eqx.Modul
             dropout=c.dropout,
             embedding=c.embedding,
             fourier_scale=c.fourier_scale,
+            input_fourier=tuple(c.input_fourier),
             key=key,
         )
     raise ValueError(f"unknown model {c.name!r}; choose mlp or ddpmpp.")
@@ -109,7 +116,7 @@ def build_model(c, event_shape: tuple[int, ...], key: PRNGKeyArray) -> eqx.Modul
 
 def build_optimizer(c) -> tuple[optax.GradientTransformation, Callable]:
     """Adam with linear warm-up lr·min(step/warmup, 1) and global-norm clipping (score_sde's
-    ``optimization_manager``); the schedule is float32 by construction."""
+    ``optimization_manager``); AdamW when ``weight_decay`` > 0 (VDM); the schedule is float32."""
     lr, warmup = float(c.lr), int(c.warmup)
 
     def schedule(count):
@@ -119,7 +126,10 @@ def build_optimizer(c) -> tuple[optax.GradientTransformation, Callable]:
     parts = []
     if c.grad_clip and c.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(float(c.grad_clip)))
-    parts.append(optax.adam(schedule, b1=c.beta1, b2=c.beta2, eps=c.eps))
+    if c.weight_decay and c.weight_decay > 0:
+        parts.append(optax.adamw(schedule, b1=c.beta1, b2=c.beta2, eps=c.eps, weight_decay=float(c.weight_decay)))
+    else:
+        parts.append(optax.adam(schedule, b1=c.beta1, b2=c.beta2, eps=c.eps))
     return optax.chain(*parts), schedule
 
 
@@ -134,6 +144,8 @@ def init_state(cfg: Config, event_shape: tuple[int, ...]) -> tuple[TrainState, A
         # run restores its parameters), so its weaker splitting guarantees do not matter here.
         key = jax.random.key(seed, impl="unsafe_rbg")
         model = build_model(model_cfg, event_shape, key)
+        if cfg.sde.name == "vdm":  # the network and its learned forward process (training.objectives)
+            model = ScheduledNet(model, build_sde(cfg.sde, jax.random.fold_in(key, 1)))
         params, static = eqx.partition(model, eqx.is_inexact_array)
         params = jax.tree.map(lambda a: a.astype(F32), params)
         state = TrainState(
@@ -146,59 +158,29 @@ def init_state(cfg: Config, event_shape: tuple[int, ...]) -> tuple[TrainState, A
     return state, static, tx, schedule
 
 
-# --- loss -----------------------------------------------------------------------------------
+# --- loss ---------------------------------------------------------------------------------
 
 
-def _cast_floats(tree, dtype):
-    return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
-
-
-def make_loss_fn(static, sde: numerics.SDE, cfg: Config, *, train: bool = True):
-    """loss(params, x0, key) → (mean weighted DSM loss, (per-example terms, t)).
-
-    t from ``numerics.sample_time`` and ε ~ N(0, I) in float32; terms from
-    ``numerics.dsm_loss_terms(..., parameterisation="eps")`` (Song et al. 2021, Eq. 7, with the
-    constants that make the expectation equal J_DSM over [t_min, T]). Dropout, when ``train``,
-    uses a per-example key derived from the step key and the example's t (dsm_loss_terms vmaps
-    the model over (x_t, t) only).
-    """
-    weighting = cfg.loss.weighting
-    t_min = sde.t_min
-    compute = jnp.bfloat16 if cfg.model.compute_dtype == "bfloat16" else F32
-
-    def loss_fn(params, x0: Float[Array, "batch *event"], key: PRNGKeyArray):
-        k_t, k_eps, k_drop = jax.random.split(key, 3)
-        batch = x0.shape[0]
-        t = numerics.sample_time(sde, k_t, (batch,), weighting, t_min=t_min, dtype=F32)
-        eps = jax.random.normal(k_eps, x0.shape, dtype=F32)
-        model = eqx.combine(_cast_floats(params, compute) if compute != F32 else params, static)
-
-        def eps_model(x_t, t_i):
-            drop_key = None
-            if train:
-                drop_key = jax.random.fold_in(k_drop, jax.lax.bitcast_convert_type(t_i.astype(F32), jnp.uint32))
-            return model(x_t.astype(compute), t_i.astype(F32), key=drop_key).astype(F32)
-
-        terms = numerics.dsm_loss_terms(
-            eps_model, sde, x0.astype(F32), t, eps, weighting, parameterisation="eps", t_min=t_min
-        )
-        return jnp.mean(terms), (terms, t)
-
-    return loss_fn
+def make_loss_fn(static, cfg: Config, *, train: bool = True):
+    """loss(params, x0, key) → (batch mean, (per-example values, metrics)) of the configured
+    objective (:func:`training.objectives.make_objective`: DSM, high-order DSM or VDM's VLB)."""
+    return make_objective(static, cfg, train=train)
 
 
 # --- step -----------------------------------------------------------------------------------
 
 
-def make_train_step(static, sde, stream, tx, schedule, cfg: Config, mesh=None):
+def make_train_step(static, stream, tx, schedule, cfg: Config, mesh=None):
     """The pure step (state, raw batch, base key) → (state, metrics); jit it with :func:`jit_step`.
 
-    Metrics: ``loss`` (batch mean of the weighted DSM terms, an unbiased estimate of J_DSM),
-    ``loss_se`` (its standard error), per-term values ``eps_mse_{low,mid,high}_noise`` (mean of
-    ½‖ε − ε̂‖²/D over the examples whose t falls in the lowest, middle and highest third of the
-    importance CDF, i.e. of log-SNR), ``grad_norm`` (before clipping) and ``lr``.
+    Metrics: ``loss`` (batch mean of the objective's per-example values; for DSM an unbiased
+    estimate of J_DSM), ``loss_se`` (its standard error), ``grad_norm`` (before clipping), ``lr``,
+    and the objective's own (training.objectives): for DSM ``eps_mse_{low,mid,high}_noise`` (mean
+    of ½‖ε − ε̂‖²/D by thirds of log-SNR), for high-order DSM each order's term, for VDM the VLB
+    terms, the diffusion term's variance and the schedule's endpoints γ₀, γ₁.
     """
-    loss_fn = make_loss_fn(static, sde, cfg, train=True)
+    loss_fn = make_loss_fn(static, cfg, train=True)
+    discrete = uses_discrete_data(cfg)
     rate = float(cfg.optim.ema_rate)
     global_batch = int(cfg.train.batch_size)
     bsh = shd.batch_sharding(mesh) if mesh is not None else None
@@ -206,27 +188,21 @@ def make_train_step(static, sde, stream, tx, schedule, cfg: Config, mesh=None):
     def step(state: TrainState, raw, base_key: PRNGKeyArray):
         key = jax.random.fold_in(base_key, state.step)
         k_data, k_loss = jax.random.split(key)
-        x0 = stream.device_prepare(raw, k_data, global_batch)
+        x0 = raw if discrete else stream.device_prepare(raw, k_data, global_batch)
         if bsh is not None:
             x0 = jax.lax.with_sharding_constraint(x0, bsh)
-        (loss, (terms, t)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x0, k_loss)
+        (loss, (terms, obj_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x0, k_loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         params = jax.tree.map(lambda p, old: p.astype(old.dtype), params, state.params)
         ema = jax.tree.map(lambda e, p: (rate * e + (1.0 - rate) * p).astype(e.dtype), state.ema, params)
-        # per-term values: unweighted ½‖ε − ε̂‖²/D by thirds of log-SNR
-        d = math.prod(x0.shape[1:])
-        raw_sq = terms / numerics.time_weight(sde, t, cfg.loss.weighting, t_min=sde.t_min) / d
-        u = sde.importance_cdf(t, sde.t_min)
         metrics = {
             "loss": loss,
             "loss_se": jnp.std(terms) / jnp.sqrt(jnp.asarray(terms.shape[0], F32)),
             "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step),
+            **obj_metrics,
         }
-        for name, lo, hi in (("low_noise", 0.0, 1 / 3), ("mid_noise", 1 / 3, 2 / 3), ("high_noise", 2 / 3, 1.01)):
-            m = ((u >= lo) & (u < hi)).astype(F32)
-            metrics[f"eps_mse_{name}"] = jnp.sum(m * raw_sq) / jnp.maximum(jnp.sum(m), 1.0)
         metrics = {k: v.astype(F32) for k, v in metrics.items()}
         return TrainState(state.step + 1, params, ema, opt_state), metrics
 
@@ -323,7 +299,6 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
                 "(only train.num_steps, log_every, ckpt_every, keep, progress and data.data_dir may change)."
             )
 
-    sde = build_sde(cfg.sde)
     stream = make_stream(cfg.data, B, cfg.train.seed, jax.process_index(), jax.process_count())
     state, static, tx, schedule = init_state(cfg, tuple(stream.event_shape))
     state = jax.device_put(state, shd.replicated(mesh))
@@ -333,13 +308,17 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
             log(f"resumed from checkpoint step {latest} in {ckpt.directory}")
     elif resume and is_main:
         log(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0")
+    if latest is None and cfg.train.init_from:
+        state = _init_from(state, cfg, event_shape=tuple(stream.event_shape))
+        if is_main:
+            log(f"initialised the parameters from {cfg.train.init_from} (its latest checkpoint's EMA)")
     if is_main:
         with open(cfg_path, "w") as f:
             json.dump(config_to_dict(cfg), f, indent=2, sort_keys=True)
 
     start = int(state.step)
     writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main, truncate_after=start)
-    step_fn = jit_step(make_train_step(static, sde, stream, tx, schedule, cfg, mesh), mesh)
+    step_fn = jit_step(make_train_step(static, stream, tx, schedule, cfg, mesh), mesh)
     base_key = jax.device_put(jax.random.PRNGKey(cfg.train.seed), shd.replicated(mesh))
 
     pbar = None
@@ -398,6 +377,28 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
     last_metrics = metrics if cfg.train.num_steps > start else None
     return RunResult(state=state, static=static, stopped_by_signal=stopped, last_checkpoint=last_saved,
                      last_metrics=last_metrics)
+
+
+def _init_from(state: TrainState, cfg: Config, event_shape) -> TrainState:
+    """Fine-tuning: parameters and EMA of a new run from the EMA parameters of the latest checkpoint
+    of ``cfg.train.init_from`` (another training work directory with the same network); the step
+    and the optimiser state stay fresh (Lu et al. 2022 fine-tune first-order models this way)."""
+    src = os.path.abspath(os.fspath(cfg.train.init_from))
+    path = os.path.join(src, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"train.init_from={cfg.train.init_from!r}: no config.json there; give a training work directory.")
+    from training.evaluate import config_from_dict
+
+    with open(path) as f:
+        src_cfg = config_from_dict(json.load(f))
+    if config_to_dict(src_cfg)["model"] != config_to_dict(cfg)["model"] or src_cfg.sde.name != cfg.sde.name:
+        raise ValueError(
+            f"train.init_from={cfg.train.init_from!r}: its model/SDE ({src_cfg.model}, sde={src_cfg.sde.name}) differ from "
+            f"this run's ({cfg.model}, sde={cfg.sde.name}); fine-tuning needs the same network."
+        )
+    src_state, _ = load_state(src_cfg, src)
+    ema = jax.tree.map(lambda a, like: jax.device_put(a.astype(like.dtype), like.sharding), src_state.ema, state.params)
+    return TrainState(step=state.step, params=ema, ema=jax.tree.map(jnp.copy, ema), opt_state=state.opt_state)
 
 
 def load_state(cfg: Config, workdir: str | os.PathLike, step: int | None = None) -> tuple[TrainState, Any]:

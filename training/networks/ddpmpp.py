@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from training.networks.embedding import F32, FourierEmbedding, positional_embedding
+from training.networks.embedding import F32, FourierEmbedding, input_fourier_features, positional_embedding
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
@@ -124,6 +124,7 @@ class DDPMpp(eqx.Module):
     ch_mult: tuple[int, ...] = eqx.field(static=True)
     num_res_blocks: int = eqx.field(static=True)
     attn_resolutions: tuple[int, ...] = eqx.field(static=True)
+    input_fourier: tuple[int, ...] = eqx.field(static=True)
     fourier: FourierEmbedding | None
     temb0: eqx.nn.Linear
     temb1: eqx.nn.Linear
@@ -146,6 +147,7 @@ class DDPMpp(eqx.Module):
         dropout: float = 0.1,
         embedding: str = "positional",
         fourier_scale: float = 16.0,
+        input_fourier: tuple[int, ...] = (),
         key: PRNGKeyArray,
     ):
         channels, height, width = image_shape
@@ -168,7 +170,8 @@ class DDPMpp(eqx.Module):
         self.fourier = FourierEmbedding(emb_in, fourier_scale, key=next(keys)) if embedding == "fourier" else None
         self.temb0 = eqx.nn.Linear(emb_in, temb_dim, dtype=F32, key=next(keys))
         self.temb1 = eqx.nn.Linear(temb_dim, temb_dim, dtype=F32, key=next(keys))
-        self.conv_in = _conv(channels, nf, 3, key=next(keys))
+        self.input_fourier = tuple(int(n) for n in input_fourier)
+        self.conv_in = _conv(channels * (1 + 2 * len(self.input_fourier)), nf, 3, key=next(keys))
 
         down: list[eqx.Module] = []
         push: list[bool] = []
@@ -231,7 +234,7 @@ class DDPMpp(eqx.Module):
         bkeys = list(jax.random.split(key, n_blocks)) if key is not None else [None] * n_blocks
         bkeys.reverse()
 
-        h = self.conv_in(x)
+        h = self.conv_in(input_fourier_features(x, self.input_fourier))
         hs = [h]
         for block, push in zip(self.down, self.down_push):
             h = block(h, temb, bkeys.pop()) if isinstance(block, ResBlock) else block(h)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from training.networks.embedding import F32, positional_embedding
+from training.networks.embedding import F32, input_fourier_features, positional_embedding
 
 
 def _zero_linear(layer: eqx.nn.Linear) -> eqx.nn.Linear:
@@ -44,6 +44,7 @@ class MLPScoreNet(eqx.Module):
     """Noise predictor ε̂_θ(x, t) for ONE example x of shape (D,); vmap for a batch."""
 
     temb_dim: int = eqx.field(static=True)
+    input_fourier: tuple[int, ...] = eqx.field(static=True)
     temb1: eqx.nn.Linear
     temb2: eqx.nn.Linear
     inp: eqx.nn.Linear
@@ -51,12 +52,14 @@ class MLPScoreNet(eqx.Module):
     out_norm: eqx.nn.LayerNorm
     out: eqx.nn.Linear
 
-    def __init__(self, dim: int, width: int = 128, depth: int = 3, temb_dim: int = 64, *, key: PRNGKeyArray):
+    def __init__(self, dim: int, width: int = 128, depth: int = 3, temb_dim: int = 64, *,
+                 input_fourier: tuple[int, ...] = (), key: PRNGKeyArray):
         keys = jax.random.split(key, depth + 4)
         self.temb_dim = temb_dim
+        self.input_fourier = tuple(int(n) for n in input_fourier)
         self.temb1 = eqx.nn.Linear(temb_dim, temb_dim, dtype=F32, key=keys[0])
         self.temb2 = eqx.nn.Linear(temb_dim, temb_dim, dtype=F32, key=keys[1])
-        self.inp = eqx.nn.Linear(dim, width, dtype=F32, key=keys[2])
+        self.inp = eqx.nn.Linear(dim * (1 + 2 * len(self.input_fourier)), width, dtype=F32, key=keys[2])
         self.blocks = tuple(_ResBlock(width, temb_dim, key=k) for k in keys[4:])
         self.out_norm = eqx.nn.LayerNorm(width, dtype=F32)
         self.out = _zero_linear(eqx.nn.Linear(width, dim, dtype=F32, key=keys[3]))
@@ -68,7 +71,7 @@ class MLPScoreNet(eqx.Module):
         dtype = x.dtype
         temb = positional_embedding(t, self.temb_dim).astype(dtype)
         temb = self.temb2(jax.nn.silu(self.temb1(temb)))
-        h = self.inp(x)
+        h = self.inp(input_fourier_features(x, self.input_fourier))
         for block in self.blocks:
             h = block(h, temb)
         return self.out(jax.nn.silu(self.out_norm(h)))
