@@ -36,7 +36,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Float, Integer, PRNGKeyArray, PyTree, Shaped
 
 from numerics.losses import dsm_loss_terms
 from numerics.sde import SDE, LogSNRSDE
@@ -196,7 +196,7 @@ def antithetic_times(
     return (t_min + (T - t_min) * u).astype(dtype)
 
 
-def encode_discrete(x: Int[ArrayLike, "*s"], vocab_size: int = 256, dtype=None) -> Float[Array, "*s"]:
+def encode_discrete(x: Integer[ArrayLike, "*s"], vocab_size: int = 256, dtype=None) -> Float[Array, "*s"]:
     """k ∈ {0, …, vocab_size − 1} ↦ 2(k + ½)/vocab_size − 1 ∈ (−1, 1) (VDM ``encode``; THEORY.md §4.2)."""
     dtype = jnp.result_type(float) if dtype is None else dtype
     return (2 * (jnp.asarray(x).astype(dtype) + 0.5) / vocab_size - 1).astype(dtype)
@@ -230,7 +230,7 @@ def gaussian_reconstruction_loss(
 
 
 def discrete_reconstruction_loss(
-    sde: SDE, x: Int[Array, "batch *event"], eps: Float[Array, "batch *event"], *, vocab_size: int = 256
+    sde: SDE, x: Integer[Array, "batch *event"], eps: Float[Array, "batch *event"], *, vocab_size: int = 256
 ) -> Float[Array, " batch"]:
     """−log p(x | z_0) of VDM's factorised discrete decoder (Kingma et al. 2021 App. C; THEORY.md §4.2):
 
@@ -276,7 +276,7 @@ def discrete_diffusion_loss(
     x: Float[Array, "batch *event"],
     t: Float[Array, " batch"],
     eps: Float[Array, "batch *event"],
-    n_steps: int | Int[ArrayLike, ""],
+    n_steps: int | Integer[ArrayLike, ""],
 ) -> Float[Array, " batch"]:
     """Unbiased estimate of VDM's T-step loss L_T (Eq. 13; THEORY.md §4.3) for t ~ U[t_min, T]:
     t is rounded up to the grid point t_i (i uniform on 1..T), s_i = t_i − h, and the value is

@@ -270,6 +270,59 @@ for _order, _name in ((2, "second"), (3, "third")):
     )
 
 
+# Lu et al. 2022 on CIFAR-10 (THEORY.md §3.7): fine-tune a first-order VP model (λ = g² + IS)
+# with the second-/third-order objectives, Hutchinson estimators (one Rademacher probe), the JAX
+# code's unit weights and 1/D, 1/D² normalisation; batch 128 (second) and 48 (third order).
+#   python -m training train --config cifar10_vp_ddpmpp_deep_g2_is_second --workdir W2 \
+#          --data-dir DATA train.init_from=W1      (W1: a cifar10_vp_ddpmpp_deep_g2_is run)
+for _order, _name, _batch in ((2, "second", 128), (3, "third", 48)):
+    _src = PRESETS["cifar10_vp_ddpmpp_deep_g2_is"]
+    PRESETS[f"cifar10_vp_ddpmpp_deep_g2_is_{_name}"] = replace(
+        _src,
+        name=f"cifar10_vp_ddpmpp_deep_g2_is_{_name}",
+        loss=LossConfig(objective="high_order", weighting="g2_is", order=_order, order_weights=(1.0, 1.0, 1.0),
+                        estimator="hutchinson", n_probes=1),
+        optim=replace(_src.optim, warmup=0),
+        train=replace(_src.train, batch_size=_batch, num_steps=200_000),
+    )
+
+# VDM (Kingma et al. 2021; THEORY.md §4.6–4.8): learned monotone schedule (γ₀ = −13.3, γ₁ = 5 at
+# initialisation, endpoints learned on the VLB, interior on the estimator's variance), continuous-
+# time −VLB with antithetic t and the discrete decoder on 8-bit data; the network is DDPM++ without
+# down-sampling (32 residual blocks of 128 channels, attention in the middle block only, dropout
+# 0.1) with input Fourier features n ∈ {6, 7}; AdamW (b2 0.99, wd 0.01), lr 2e-4, EMA 0.9999,
+# batch 128. VDM trains 10M steps; its conditioning on the normalised γ_t and its ε̂ = NN(z) + z
+# output are not reproduced (the network sees t, which the variance gradient requires).
+_VDM_SDE = SDEConfig(name="vdm", schedule="learned", gamma_min=-13.3, gamma_max=5.0, endpoints="learned", t_min=0.0)
+_VDM_LOSS = LossConfig(objective="vdm", antithetic=True, variance_gradient=True, vdm_data="auto")
+PRESETS["cifar10_vdm"] = Config(
+    name="cifar10_vdm",
+    sde=_VDM_SDE,
+    loss=_VDM_LOSS,
+    model=ModelConfig(name="ddpmpp", nf=128, ch_mult=(1,), num_res_blocks=32, attn_resolutions=(), dropout=0.1,
+                      embedding="positional", input_fourier=(6, 7)),
+    data=DataConfig(name="cifar10", centered=True),
+    optim=OptimConfig(lr=2e-4, warmup=0, grad_clip=0.0, beta1=0.9, beta2=0.99, ema_rate=0.9999, weight_decay=0.01),
+    train=TrainConfig(batch_size=128, num_steps=10_000_000, log_every=100, ckpt_every=10_000),
+)
+PRESETS["digits_vdm"] = Config(
+    name="digits_vdm",
+    sde=_VDM_SDE,
+    loss=_VDM_LOSS,
+    model=ModelConfig(name="ddpmpp", nf=32, ch_mult=(1,), num_res_blocks=4, attn_resolutions=(), dropout=0.1,
+                      embedding="positional", input_fourier=(6, 7)),
+    data=DataConfig(name="digits", centered=True),
+    optim=OptimConfig(lr=5e-4, warmup=200, grad_clip=1.0, beta2=0.99, ema_rate=0.999, weight_decay=0.01),
+    train=TrainConfig(batch_size=64, num_steps=3000, log_every=100, ckpt_every=500),
+)
+PRESETS["mixture2d_vdm"] = replace(
+    PRESETS["mixture2d"],
+    name="mixture2d_vdm",
+    sde=replace(_VDM_SDE, gamma_min=-10.0, gamma_max=6.0, schedule_features=64),
+    loss=_VDM_LOSS,
+)
+
+
 def list_configs() -> list[str]:
     return sorted(PRESETS)
 
