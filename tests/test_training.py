@@ -328,14 +328,17 @@ def test_ddpmpp_full_size_parameter_counts():
     assert count_params(deep) == pytest.approx(106.6e6, rel=0.01)
 
 
-def test_mlp_is_zero_at_init_and_rejects_images():
+def test_mlp_is_zero_at_init_and_flattens_images():
     out = jax.jit(lambda k: MLPScoreNet(2, 16, 1, 8, key=k)(jnp.ones(2, F32), jnp.asarray(0.3, F32)))(
         jax.random.PRNGKey(0))
     assert float(jnp.abs(out).max()) == 0.0
     from training.train import build_model
 
-    with pytest.raises(ValueError, match="vector data"):
-        build_model(PRESETS["mixture2d"].model, (1, 8, 8), jax.random.PRNGKey(0))
+    net = build_model(PRESETS["mixture2d"].model, (1, 8, 8), jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (1, 8, 8), F32)
+    net = eqx.tree_at(lambda n: n.mlp.out.bias, net, jnp.arange(64, dtype=F32))  # a non-zero output layer
+    y = net(x, jnp.asarray(0.3, F32))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(net.mlp(x.reshape(-1), jnp.asarray(0.3, F32)).reshape(1, 8, 8)))
 
 
 # --- configs ---------------------------------------------------------------------------------------

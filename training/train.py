@@ -38,7 +38,7 @@ from training.checkpoint import Checkpointer
 from training.configs import Config, config_to_dict
 from training.data import make_stream
 from training.metrics import MetricsWriter
-from training.networks import DDPMpp, MLPScoreNet
+from training.networks import DDPMpp, FlatMLPScoreNet, MLPScoreNet
 from training.objectives import ScheduledNet, make_objective, uses_discrete_data
 
 __all__ = [
@@ -93,8 +93,9 @@ def build_sde(c, key: PRNGKeyArray | None = None) -> numerics.SDE:
 def build_model(c, event_shape: tuple[int, ...], key: PRNGKeyArray) -> eqx.Module:
     """The noise-prediction network of a :class:`ModelConfig` for examples of ``event_shape``."""
     if c.name == "mlp":
-        if len(event_shape) != 1:
-            raise ValueError(f"the MLP needs vector data of shape (D,); got examples of shape {event_shape}.")
+        if len(event_shape) != 1:  # images: the MLP on flattened pixels
+            return FlatMLPScoreNet(tuple(event_shape), c.width, c.depth, c.temb_dim,
+                                   input_fourier=tuple(c.input_fourier), key=key)
         return MLPScoreNet(event_shape[0], c.width, c.depth, c.temb_dim, input_fourier=tuple(c.input_fourier), key=key)
     if c.name == "ddpmpp":
         if len(event_shape) != 3:

@@ -75,3 +75,23 @@ class MLPScoreNet(eqx.Module):
         for block in self.blocks:
             h = block(h, temb)
         return self.out(jax.nn.silu(self.out_norm(h)))
+
+
+class FlatMLPScoreNet(eqx.Module):
+    """:class:`MLPScoreNet` on flattened examples of any shape (e.g. 8×8 images as 64-vectors): a
+    cheap CPU baseline network for image data; the output has the input's shape."""
+
+    event_shape: tuple[int, ...] = eqx.field(static=True)
+    mlp: MLPScoreNet
+
+    def __init__(self, event_shape: tuple[int, ...], width: int = 128, depth: int = 3, temb_dim: int = 64, *,
+                 input_fourier: tuple[int, ...] = (), key: PRNGKeyArray):
+        self.event_shape = tuple(int(n) for n in event_shape)
+        dim = 1
+        for n in self.event_shape:
+            dim *= n
+        self.mlp = MLPScoreNet(dim, width, depth, temb_dim, input_fourier=input_fourier, key=key)
+
+    def __call__(self, x: Float[Array, "*event"], t: Float[Array, ""], *, key: PRNGKeyArray | None = None
+                 ) -> Float[Array, "*event"]:
+        return self.mlp(x.reshape(-1), t, key=key).reshape(x.shape)
