@@ -125,8 +125,10 @@ def make(ctx: Context) -> FigureOutput:
     tol = 1e-3 if images else 1e-5
     samples = np.asarray(ode_sample(model, sde, x_T, rtol=tol, atol=tol, denoise=True).samples)
     if images:
-        grid = np.clip((samples[:, 0] + 1) / 2, 0, 1).reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(64, 64)
-        ax3.imshow(grid, cmap="gray_r", vmin=0, vmax=1)
+        from training.sample import image_grid, quantise
+
+        grid = image_grid(quantise(samples, centered=cfg.data.centered), ncol=8)  # the CLI's grid (training.sample)
+        ax3.imshow(grid[..., 0], cmap="gray_r", vmin=0, vmax=255)
         ax3.set_xticks([])
         ax3.set_yticks([])
         ax3.set_title("64 ODE samples (last checkpoint)")
