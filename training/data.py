@@ -289,6 +289,18 @@ def eqx_is_float(a) -> bool:
     return isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating)
 
 
+def event_shape_of(data_cfg) -> tuple[int, ...]:
+    """The shape of one example of a :class:`training.configs.DataConfig`, without reading any data
+    (so a checkpoint can be loaded where the training data is not)."""
+    if data_cfg.name == "mixture":
+        return (int(get_mixture(data_cfg.mixture).dim),)
+    if data_cfg.name == "digits":
+        return (1, 8, 8)
+    if data_cfg.name == "cifar10":
+        return (3, 32, 32)
+    raise ValueError(f"unknown data set {data_cfg.name!r}.")
+
+
 def make_stream(data_cfg, global_batch: int, seed: int, process_index: int = 0, process_count: int = 1):
     """Build the stream for a :class:`training.configs.DataConfig`."""
     if data_cfg.name == "mixture":

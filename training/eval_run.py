@@ -74,7 +74,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -301,23 +300,11 @@ def load_test_set(cfg, *, limit: int | None = None, num_examples: int = 4096, da
 
 
 def _load_model(workdir: str, step: int, ema: bool, cfg_dict: dict, data_dir: str | None):
-    """training.evaluate.load_model; for CIFAR-10 with ``--data-dir`` different from config.json's
-    (load_model reads the training data for the image shape), through a temporary shadow work
-    directory: symlinks to every entry of ``workdir`` and a config.json pointing at ``data_dir``."""
+    """training.evaluate.load_model (it reads no data, so ``--data-dir`` only matters for the test set)."""
     from training.evaluate import load_model
 
-    data = cfg_dict.get("data", {})
-    if data.get("name") != "cifar10" or not data_dir or data.get("data_dir") == data_dir:
-        return load_model(workdir, step, ema=ema)
-    with tempfile.TemporaryDirectory(prefix="eval_shadow_") as shadow:
-        for entry in os.listdir(workdir):
-            if entry != "config.json":
-                os.symlink(os.path.join(os.path.abspath(workdir), entry), os.path.join(shadow, entry))
-        d = json.loads(json.dumps(cfg_dict))
-        d["data"]["data_dir"] = os.path.abspath(data_dir)
-        with open(os.path.join(shadow, "config.json"), "w") as f:
-            json.dump(d, f)
-        return load_model(shadow, step, ema=ema)
+    del cfg_dict, data_dir
+    return load_model(workdir, step, ema=ema)
 
 
 def _load_dequantizer(workdir: str):

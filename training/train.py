@@ -36,7 +36,7 @@ import numerics
 from training import sharding as shd
 from training.checkpoint import Checkpointer
 from training.configs import Config, config_to_dict
-from training.data import make_stream
+from training.data import event_shape_of, make_stream
 from training.metrics import MetricsWriter
 from training.networks import DDPMpp, FlatMLPScoreNet, MLPScoreNet
 from training.objectives import ScheduledNet, make_objective, uses_discrete_data
@@ -405,8 +405,7 @@ def _init_from(state: TrainState, cfg: Config, event_shape) -> TrainState:
 def load_state(cfg: Config, workdir: str | os.PathLike, step: int | None = None) -> tuple[TrainState, Any]:
     """(state, static) from the checkpoint ``step`` (latest if None) of ``workdir``; the model is
     ``eqx.combine(state.params, static)`` (or ``state.ema``)."""
-    sde_event = make_stream(cfg.data, cfg.train.batch_size, cfg.train.seed).event_shape
-    state, static, _, _ = init_state(cfg, tuple(sde_event))
+    state, static, _, _ = init_state(cfg, event_shape_of(cfg.data))  # reads no data
     ckpt = Checkpointer(os.path.join(os.fspath(workdir), "checkpoints"), keep=cfg.train.keep, every=cfg.train.ckpt_every)
     try:
         return ckpt.restore(step, state), static
