@@ -1,0 +1,811 @@
+"""Variational dequantisation: train a conditional flow q(u | k) for a trained score model.
+
+Song, Durkan, Murray & Ermon 2021 (*Maximum Likelihood Training of Score-Based Diffusion Models*,
+§5 "variational dequantization", after Ho et al. 2019, *Flow++*, §3.1; THEORY.md §2.9) replace the
+uniform noise u ~ U[0,1)^D that turns 8-bit pixels k into continuous data by a learned density
+q(u | k) on the unit cube. With x = 2(k + u)/256 − 1 (data centred to [−1, 1], the score model's
+space) and p_u(u | k) = p_x(x) · (2/256)^D, Jensen's inequality gives for every q
+
+    −log P(k) ≤ E_{u~q(·|k)}[ −log p_x(x(u)) + log q(u | k) ] + D log 256 − D log 2,
+
+and Song et al.'s ε-offset bound B(x) ≥ −log p_x(x) (Theorem 2 + the [0, ε] Tweedie decoder,
+THEORY.md §2.7; :func:`training.evaluate.eps_offset_bound_terms`) makes the right side the
+computable bound E_q[B(x(u)) + log q(u|k)] + D log 128 (THEORY.md §2.9, "variational
+dequantization"). Uniform dequantisation is the special case q ≡ 1 (log q ≡ 0). In bits/dim the
+bound is ``numerics.likelihood.bits_per_dim(−(B + log q), D, data_scale=2)``.
+
+* :class:`FlowDequantizer` — a small Flow++-style conditional flow: base noise ε ~ Logistic(0, 1)^D,
+  ``n_layers`` checkerboard coupling layers conditioned on a small conv net of the (centred) image
+  k, then u = sigmoid(z). Each coupling transforms half of the elements by the monotone map
+  z ↦ e^a·(z + Σ_k w_k s_k [σ((z − μ_k)/s_k) − ½]) + b — the identity plus a weighted sum of K
+  logistic CDFs (Flow++'s logistic-mixture CDF coupling, Ho et al. 2019 §3.2, in a residual form),
+  with |w_k| < 4(1 − δ)/K so that the slope lies in e^a·(δ, 2 − δ); its log-det is exact,
+  a + log1p(Σ_k w_k σ'((z − μ_k)/s_k)). The conditioner's output convolution starts at zero, so at
+  initialisation every coupling is exactly the identity, z = ε, and since sigmoid of a standard
+  logistic is U(0, 1), **q is exactly uniform at initialisation and log q ≡ 0 bit for bit**:
+  variational dequantisation starts as uniform dequantisation (same bound), and training moves q
+  only where that lowers the bound (stochastic gradients: not guaranteed step by step; measure it
+  with :func:`compare_dequantization`).
+* :func:`dequantize_variational` — (x, log q) for a batch of 8-bit images.
+* :func:`train_dequantizer` — fits q with the score model frozen (Song et al.'s ``train_deq``):
+  minimise E_q[B(x(u)) + log q(u | k)] over the flow's parameters only, one unbiased draw of the
+  ε-offset bound per example (t ~ p(t) ∝ g²/σ², stratified over the batch; fresh ε), gradients
+  flowing through x into the frozen network; optax Adam with global-norm clipping; float32.
+* :func:`compare_dequantization` — the bound with variational and with uniform dequantisation on
+  the same images with common random numbers (the same base noise, t and ε), in bits/dim, and
+  their paired difference with its standard error.
+* :func:`save_dequantizer` / :func:`load_dequantizer` — ``<workdir>/dequantizer/`` holds
+  ``config.json`` (hyper-parameters, step, history), ``flow.eqx`` (``eqx.tree_serialise_leaves``)
+  and ``opt_state.eqx`` (to resume); it is written to a temporary folder and swapped in.
+
+Command line (``python -m training dequant``)::
+
+    python -m training dequant --workdir DIR [--steps N] [--batch-size B] [--lr LR] [--resume]
+
+trains q for the latest (EMA) checkpoint of the training work directory DIR on its image data
+(digits or CIFAR-10), shows progress, saves to DIR/dequantizer/ every ``--ckpt-every`` steps
+(``--resume`` continues from there), and at the end compares the variational and uniform bounds on
+``--eval-images`` images held out from the dequantiser's training set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, UInt8
+
+import numerics
+from numerics.likelihood import bits_per_dim
+
+__all__ = [
+    "FlowDequantizer",
+    "DequantTrainResult",
+    "BoundComparison",
+    "dequantize_variational",
+    "dequantization_bound_terms",
+    "train_dequantizer",
+    "compare_dequantization",
+    "save_dequantizer",
+    "load_dequantizer",
+    "add_arguments",
+    "run",
+]
+
+F32 = jnp.float32
+SUBDIR = "dequantizer"
+_FORMAT = 1
+
+
+# --- the flow -------------------------------------------------------------------------------------
+
+
+def _zero_conv(conv: eqx.nn.Conv2d) -> eqx.nn.Conv2d:
+    return eqx.tree_at(lambda c: (c.weight, c.bias), conv, (jnp.zeros_like(conv.weight), jnp.zeros_like(conv.bias)))
+
+
+def _log_logistic_pdf(v: Array) -> Array:
+    """log σ'(v) = log σ(v) + log σ(−v): the standard logistic log-density, and log du/dz of u = σ(z)."""
+    return jax.nn.log_sigmoid(v) + jax.nn.log_sigmoid(-v)
+
+
+def _transform_mask(shape: tuple[int, int, int], parity: int, channel_mix: bool) -> Array:
+    """Boolean (C, H, W) mask of the elements a coupling transforms: a checkerboard of the given parity,
+    made three-dimensional (alternating along channels too) when ``channel_mix``."""
+    c, h, w = shape
+    ci = jnp.arange(c)[:, None, None]
+    hi = jnp.arange(h)[None, :, None]
+    wi = jnp.arange(w)[None, None, :]
+    s = hi + wi + parity + (ci if channel_mix else 0)
+    return jnp.broadcast_to(s % 2 == 0, shape)
+
+
+class _CondNet(eqx.Module):
+    """Features h(k) of the centred image: conv3×3 → SiLU → conv3×3 → SiLU (Flow++'s conditioning net)."""
+
+    conv0: eqx.nn.Conv2d
+    conv1: eqx.nn.Conv2d
+
+    def __init__(self, channels: int, hidden: int, *, key: PRNGKeyArray):
+        k0, k1 = jax.random.split(key)
+        self.conv0 = eqx.nn.Conv2d(channels, hidden, 3, padding=1, dtype=F32, key=k0)
+        self.conv1 = eqx.nn.Conv2d(hidden, hidden, 3, padding=1, dtype=F32, key=k1)
+
+    def __call__(self, xk: Float[Array, "c h w"]) -> Float[Array, "f h w"]:
+        return jax.nn.silu(self.conv1(jax.nn.silu(self.conv0(xk))))
+
+
+class _Coupling(eqx.Module):
+    """One conditional coupling layer (see the module docstring for the element-wise map)."""
+
+    conv0: eqx.nn.Conv2d
+    conv1: eqx.nn.Conv2d
+    out: eqx.nn.Conv2d
+    centres: Array
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+    parity: int = eqx.field(static=True)
+    channel_mix: bool = eqx.field(static=True)
+    n_components: int = eqx.field(static=True)
+    delta: float = eqx.field(static=True)
+
+    def __init__(self, image_shape, hidden: int, n_components: int, parity: int, channel_mix: bool,
+                 delta: float, *, key: PRNGKeyArray):
+        c = image_shape[0]
+        k0, k1, k2 = jax.random.split(key, 3)
+        self.conv0 = eqx.nn.Conv2d(c + hidden, hidden, 3, padding=1, dtype=F32, key=k0)
+        self.conv1 = eqx.nn.Conv2d(hidden, hidden, 3, padding=1, dtype=F32, key=k1)
+        # zero output: a = b = 0 and w_k = 0 → the coupling is exactly the identity at initialisation
+        self.out = _zero_conv(eqx.nn.Conv2d(hidden, c * (2 + 3 * n_components), 1, dtype=F32, key=k2))
+        # fixed, distinct component centres in logit space break the symmetry between components
+        self.centres = jnp.linspace(-2.0, 2.0, n_components, dtype=F32) if n_components > 1 else jnp.zeros((1,), F32)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.parity, self.channel_mix = int(parity), bool(channel_mix)
+        self.n_components, self.delta = int(n_components), float(delta)
+
+    def _params(self, z, h):
+        """Mask and element-wise parameters (a, b, w, μ, s) from the untransformed half of ``z`` and h(k)."""
+        c, hh, ww = z.shape
+        K = self.n_components
+        tmask = _transform_mask((c, hh, ww), self.parity, self.channel_mix)
+        inp = jnp.concatenate([jnp.where(tmask, jnp.zeros_like(z), z), h], axis=0)
+        p = self.out(jax.nn.silu(self.conv1(jax.nn.silu(self.conv0(inp)))))
+        p = p.reshape(c, 2 + 3 * K, hh, ww)
+        a = 3.0 * jnp.tanh(p[:, 0] / 3.0)
+        b = p[:, 1]
+        w = (4.0 * (1.0 - self.delta) / K) * jnp.tanh(p[:, 2 : 2 + K])  # (c, K, h, w)
+        mu = self.centres[None, :, None, None] + p[:, 2 + K : 2 + 2 * K]
+        s = jnp.exp(2.0 * jnp.tanh(p[:, 2 + 2 * K :] / 2.0))
+        return tmask, a, b, w, mu, s
+
+    @staticmethod
+    def _core(z, w, mu, s):
+        """(core(z), log core'(z)): core = z + Σ_k w_k s_k (σ(v_k) − ½), v_k = (z − μ_k)/s_k; the slope
+        1 + Σ w_k σ'(v_k) lies in (δ, 2 − δ) because σ' = σ(v)σ(−v) ≤ 1/4 and Σ|w_k| < 4(1 − δ)."""
+        v = (z[:, None] - mu) / s
+        sig = jax.nn.sigmoid(v)
+        core = z + jnp.sum(w * s * (sig - 0.5), axis=1)
+        return core, jnp.log1p(jnp.sum(w * sig * jax.nn.sigmoid(-v), axis=1))
+
+    def __call__(self, z: Float[Array, "c h w"], h: Float[Array, "f h w"]) -> tuple[Float[Array, "c h w"], Float[Array, ""]]:
+        tmask, a, b, w, mu, s = self._params(z, h)
+        core, log_slope = self._core(z, w, mu, s)
+        y = jnp.exp(a) * core + b
+        return jnp.where(tmask, y, z), jnp.sum(jnp.where(tmask, a + log_slope, 0.0))
+
+    def inverse(self, y: Float[Array, "c h w"], h: Float[Array, "f h w"]) -> tuple[Float[Array, "c h w"], Float[Array, ""]]:
+        """(z, log-det of the forward map at z) with ``self(z, h)[0] == y``: the untransformed half
+        fixes the parameters; core(z) = (y − b)e^{−a} is solved by bisection on
+        [c − M, c + M], M = Σ|w_k| s_k/2 ≥ |core(z) − z| (to float resolution)."""
+        tmask, a, b, w, mu, s = self._params(y, h)
+        target = (y - b) * jnp.exp(-a)
+        m = 0.5 * jnp.sum(jnp.abs(w) * s, axis=1) + 1e-3 * (1.0 + jnp.abs(target))
+        lo, hi = target - m, target + m
+
+        def body(_, bounds):
+            lo_, hi_ = bounds
+            mid = 0.5 * (lo_ + hi_)
+            below = self._core(mid, w, mu, s)[0] < target
+            return jnp.where(below, mid, lo_), jnp.where(below, hi_, mid)
+
+        lo, hi = jax.lax.fori_loop(0, 64, body, (lo, hi))
+        z_t = 0.5 * (lo + hi)
+        z = jnp.where(tmask, z_t, y)
+        _, log_slope = self._core(z, w, mu, s)
+        return z, jnp.sum(jnp.where(tmask, a + log_slope, 0.0))
+
+
+@eqx.filter_jit
+def _make_parts(image_shape, hidden, n_layers, n_components, delta, key):
+    """The conditioning net and the couplings, initialised in one compiled call (dozens of eager
+    initialisers would each compile separately)."""
+    keys = jax.random.split(key, n_layers + 1)
+    cond = _CondNet(image_shape[0], hidden, key=keys[0])
+    mix = image_shape[0] > 1
+    couplings = tuple(
+        _Coupling(image_shape, hidden, n_components, parity=i % 2, channel_mix=mix and (i // 2) % 2 == 1,
+                  delta=delta, key=keys[i + 1])
+        for i in range(n_layers)
+    )
+    return cond, couplings
+
+
+class FlowDequantizer(eqx.Module):
+    """Conditional flow q(u | k) on the unit cube (Ho et al. 2019 §3.1; Song et al. 2021 §5).
+
+    ε ~ Logistic(0, 1)^(C×H×W) → ``n_layers`` coupling layers conditioned on h(k) (checkerboard
+    masks of alternating parity; from the third layer on also alternating along channels when C > 1)
+    → u = σ(z). log q(u | k) = Σ[log σ'(ε) − log σ'(z)] − Σ log-dets, exact. Exactly uniform at
+    initialisation (see the module docstring). One example per call; vmap for a batch, or use
+    :func:`dequantize_variational`. ``centered``: the score model's data are 2(k + u)/256 − 1
+    (True) or (k + u)/256.
+    """
+
+    cond: _CondNet
+    couplings: tuple[_Coupling, ...]
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+    hidden: int = eqx.field(static=True)
+    n_layers: int = eqx.field(static=True)
+    n_components: int = eqx.field(static=True)
+    delta: float = eqx.field(static=True)
+    centered: bool = eqx.field(static=True)
+
+    def __init__(self, image_shape, *, hidden: int = 16, n_layers: int = 4, n_components: int = 4,
+                 delta: float = 0.05, centered: bool = True, key: PRNGKeyArray):
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ValueError(f"image_shape must be (C, H, W) with positive sizes; got {image_shape}.")
+        if hidden < 1 or n_layers < 1 or n_components < 1:
+            raise ValueError(f"hidden, n_layers and n_components must be positive; got {hidden}, {n_layers}, {n_components}.")
+        if not 0.0 < delta < 1.0:
+            raise ValueError(f"delta (the smallest slope factor of a coupling) must lie in (0, 1); got {delta}.")
+        self.cond, self.couplings = _make_parts(image_shape, int(hidden), int(n_layers), int(n_components),
+                                                float(delta), key)
+        self.image_shape = image_shape
+        self.hidden, self.n_layers, self.n_components = int(hidden), int(n_layers), int(n_components)
+        self.delta, self.centered = float(delta), bool(centered)
+
+    def hyperparameters(self) -> dict:
+        return dict(image_shape=list(self.image_shape), hidden=self.hidden, n_layers=self.n_layers,
+                    n_components=self.n_components, delta=self.delta, centered=self.centered)
+
+    def __call__(self, k: Float[Array, "c h w"], eps: Float[Array, "c h w"]) -> tuple[Float[Array, "c h w"], Float[Array, ""]]:
+        """(u, log q(u | k)) for ONE example: ``k`` the pixel values as floats (0..255), ``eps`` the
+        standard-logistic base noise. u = σ(z) ∈ (0, 1) (float32 rounds to 1 for z ≳ 17)."""
+        k = k.astype(F32)
+        eps = eps.astype(F32)
+        h = self.cond((2.0 * k + 1.0) / 256.0 - 1.0)
+        z = eps
+        log_det = jnp.zeros((), F32)
+        for layer in self.couplings:
+            z, ld = layer(z, h)
+            log_det = log_det + ld
+        log_q = jnp.sum(_log_logistic_pdf(eps) - _log_logistic_pdf(z)) - log_det
+        return jax.nn.sigmoid(z), log_q
+
+    def log_prob(self, k: Float[Array, "c h w"], u: Float[Array, "c h w"]) -> Float[Array, ""]:
+        """log q(u | k) for ONE example at a given u ∈ (0, 1)^D, by inverting the flow (each coupling
+        by bisection, to float32 resolution; logit(u) loses precision for u within ~1e-7 of 1 and is
+        infinite at u = 0 or 1 exactly, where float32 rounds σ(z) for |z| ≳ 17 on the sampling path). The
+        sampling path :meth:`__call__` does not need it; it serves checks (e.g. ∫ q du = 1)."""
+        k = k.astype(F32)
+        u = u.astype(F32)
+        h = self.cond((2.0 * k + 1.0) / 256.0 - 1.0)
+        z_out = jnp.log(u) - jnp.log1p(-u)
+        z = z_out
+        log_det = jnp.zeros((), F32)
+        for layer in reversed(self.couplings):
+            z, ld = layer.inverse(z, h)
+            log_det = log_det + ld
+        return jnp.sum(_log_logistic_pdf(z) - _log_logistic_pdf(z_out)) - log_det
+
+
+# --- batch API ------------------------------------------------------------------------------------
+
+
+def _check_images(images_uint8, image_shape: tuple[int, ...] | None, name: str = "images_uint8") -> np.ndarray | Array:
+    dtype = getattr(images_uint8, "dtype", None)
+    shape = tuple(getattr(images_uint8, "shape", ()))
+    if dtype is None or np.dtype(dtype) != np.uint8:
+        raise ValueError(f"{name} must be 8-bit pixels (dtype uint8) of shape (N, C, H, W); got dtype {dtype}. "
+                         "Pass the raw integer images, not dequantised floats.")
+    if len(shape) != 4 or shape[0] < 1:
+        raise ValueError(f"{name} must have shape (N, C, H, W) with N ≥ 1; got shape {shape}.")
+    if image_shape is not None and shape[1:] != tuple(image_shape):
+        raise ValueError(f"{name} has images of shape {shape[1:]}, but the dequantiser was built for {tuple(image_shape)}.")
+    return images_uint8
+
+
+def _scale(centered: bool) -> float:
+    return 2.0 if centered else 1.0
+
+
+def _x_of(k: Array, u: Array, centered: bool) -> Array:
+    y = (k.astype(F32) + u) / 256.0
+    return 2.0 * y - 1.0 if centered else y
+
+
+@eqx.filter_jit
+def _apply(deq: FlowDequantizer, k: UInt8[Array, "n c h w"], eps: Float[Array, "n c h w"]):
+    u, log_q = jax.vmap(deq)(k.astype(F32), eps)
+    return _x_of(k, u, deq.centered), log_q
+
+
+def dequantize_variational(
+    deq: FlowDequantizer, images_uint8: UInt8[ArrayLike, "N C H W"], key: PRNGKeyArray
+) -> tuple[Float[Array, "N C H W"], Float[Array, " N"]]:
+    """Variational dequantisation (Ho et al. 2019 §3.1; Song et al. 2021 §5): u ~ q(·|k) and
+    x = 2(k + u)/256 − 1 (``deq.centered``; else (k + u)/256), with log q(u | k) in nats (density of u
+    on the unit cube), both float32. The bound on −log P(k) in bits/dim is then
+    ``numerics.likelihood.bits_per_dim(log p_x(x) − log_q, D, data_scale=2)`` (data_scale 1 when not
+    centred); at initialisation log_q ≡ 0 and x is uniformly dequantised."""
+    _check_images(images_uint8, deq.image_shape)
+    k = jnp.asarray(images_uint8)
+    eps = jax.random.logistic(key, k.shape, dtype=F32)
+    return _apply(deq, k, eps)
+
+
+def dequantization_bound_terms(
+    model, sde: numerics.SDE, deq: FlowDequantizer | None, k: UInt8[Array, "n c h w"], eps_base: Float[Array, "n c h w"],
+    t: Float[Array, " n"], eps_t: Float[Array, "n c h w"], eps_0: Float[Array, "n c h w"],
+) -> tuple[Float[Array, " n"], Float[Array, " n"]]:
+    """(B(x) + log q(u|k), log q) per example at given draws, in nats, float32: x from u = σ(ε) through
+    the flow (``deq``), or uniformly dequantised (u = σ(``eps_base``), log q = 0) when ``deq`` is None;
+    B is one unbiased draw of Song et al.'s ε-offset bound (training.evaluate.eps_offset_bound_terms,
+    likelihood weighting with importance-sampled t: pass t ~ p(t) ∝ g²/σ²)."""
+    from training.evaluate import eps_offset_bound_terms
+
+    if deq is None:
+        u = jax.nn.sigmoid(eps_base.astype(F32))
+        x = _x_of(k, u, True)  # centred: the caller checks the model's convention
+        log_q = jnp.zeros((k.shape[0],), F32)
+    else:
+        u, log_q = jax.vmap(deq)(k.astype(F32), eps_base)
+        x = _x_of(k, u, deq.centered)
+    b = eps_offset_bound_terms(model, sde, x, t.astype(F32), eps_t.astype(F32), eps_0.astype(F32), weighting="g2_is").total
+    return b.astype(F32) + log_q, log_q
+
+
+def _draws(sde, key, shape, n, stratum=None, n_strata=None):
+    """Base logistic noise, t ~ p_IS stratified (over the batch, or over draws when ``stratum``), ε_t, ε_0."""
+    k_b, k_t, k_p, k_e, k_0 = jax.random.split(key, 5)
+    eps_base = jax.random.logistic(k_b, shape, dtype=F32)
+    if stratum is None:  # stratified over the batch, in random order
+        u = (jax.random.permutation(k_p, n).astype(F32) + jax.random.uniform(k_t, (n,), F32)) / n
+    else:
+        u = (stratum + jax.random.uniform(k_t, (n,), F32)) / n_strata
+    t = sde.importance_inverse_cdf(u, sde.t_min).astype(F32)
+    eps_t = jax.random.normal(k_e, shape, F32)
+    eps_0 = jax.random.normal(k_0, shape, F32)
+    return eps_base, t, eps_t, eps_0
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer(grad_clip: float) -> optax.GradientTransformation:
+    """Global-norm clipping and Adam's scaling; the learning rate is applied in the step (a traced
+    value, so changing it does not recompile). Cached so that repeated runs share compiled steps."""
+    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+    return optax.chain(*parts, optax.scale_by_adam())
+
+
+@eqx.filter_jit
+def _train_step(params, static, opt_state, model, sde, k, key, lr, tx):
+    n = k.shape[0]
+
+    def loss(p):
+        deq = eqx.combine(p, static)
+        eps_base, t, eps_t, eps_0 = _draws(sde, key, k.shape, n)
+        per, log_q = dequantization_bound_terms(model, sde, deq, k, eps_base, t, eps_t, eps_0)
+        return jnp.mean(per), (per, log_q)
+
+    (val, (per, log_q)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda g: (-lr * g).astype(g.dtype), updates)
+    params = optax.apply_updates(params, updates)
+    metrics = {
+        "objective": val,
+        "objective_se": jnp.std(per) / jnp.sqrt(jnp.asarray(n, F32)),
+        "mean_log_q": jnp.mean(log_q),
+        "grad_norm": optax.tree.norm(grads),
+    }
+    return params, opt_state, {k_: v.astype(F32) for k_, v in metrics.items()}
+
+
+@dataclasses.dataclass
+class DequantTrainResult:
+    """The trained flow, its optimiser state, the number of steps done, and per-``log_every`` history
+    records (step, objective in nats and bits/dim with standard errors over the window's batches)."""
+
+    dequantizer: FlowDequantizer
+    opt_state: Any
+    step: int
+    history: list[dict]
+
+
+def _bpd(nats, dims: int, centered: bool) -> float:
+    return float(bits_per_dim(-jnp.asarray(nats, jnp.float64), dims, data_scale=_scale(centered)))
+
+
+def train_dequantizer(
+    model,
+    sde: numerics.SDE,
+    images_uint8: UInt8[ArrayLike, "N C H W"],
+    key: PRNGKeyArray,
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    hidden: int = 16,
+    n_layers: int = 4,
+    n_components: int = 4,
+    centered: bool = True,
+    init: FlowDequantizer | None = None,
+    opt_state: Any = None,
+    start_step: int = 0,
+    log_every: int = 50,
+    progress: bool = True,
+    checkpoint: Any = None,
+    checkpoint_every: int = 0,
+) -> DequantTrainResult:
+    """Fit q(u | k) to the frozen score model ``model`` (an :class:`training.evaluate.EpsModel`) by
+    minimising E_q[B(x(u)) + log q(u | k)] (Song et al. 2021 §5; THEORY.md §2.9), B the ε-offset bound.
+
+    Each step: a batch of ``batch_size`` images (data order a pure function of (``seed``, step), as in
+    training.data.ImageStream), one draw per image of the base noise, t ~ p_IS (stratified over the
+    batch), ε_t and ε_0; gradients of the batch mean with respect to the flow's parameters only
+    (the score network's parameters are constants; gradients pass through x into it); clipping at
+    global norm ``grad_clip`` and Adam with learning rate ``lr``. Everything in float32. The step key
+    is ``fold_in(key, step)``, so a run continued from (``init``, ``opt_state``, ``start_step``) repeats
+    an uninterrupted one. ``checkpoint(result)`` is called every ``checkpoint_every`` steps and at the
+    end. The objective is reported in bits/dim (``bits_per_dim(−objective, D, data_scale)``).
+    """
+    from training.data import ImageDataset, ImageStream
+
+    images = np.asarray(_check_images(images_uint8, None if init is None else init.image_shape))
+    if steps < 0 or batch_size < 1:
+        raise ValueError(f"steps must be ≥ 0 and batch_size ≥ 1; got steps={steps}, batch_size={batch_size}.")
+    if images.shape[0] < batch_size:
+        raise ValueError(f"images_uint8 holds {images.shape[0]} images, fewer than one batch of {batch_size}.")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number; got {lr}.")
+    dims = int(np.prod(images.shape[1:]))
+    deq = init if init is not None else FlowDequantizer(
+        images.shape[1:], hidden=hidden, n_layers=n_layers, n_components=n_components, centered=centered,
+        key=jax.random.fold_in(key, 2**31 - 1))
+    params, static = eqx.partition(deq, eqx.is_inexact_array)
+    tx = _optimizer(float(grad_clip))
+    if opt_state is None:
+        opt_state = tx.init(params)
+    # committed like the step's outputs, so that the second step does not compile again
+    params, opt_state = jax.device_put((params, opt_state), jax.devices()[0])
+    stream = ImageStream(ImageDataset(images, np.zeros(images.shape[0], np.int64)), batch_size, seed=seed)
+    lr_arr = jnp.asarray(lr, F32)
+
+    pbar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=steps, initial=start_step, desc="dequantiser", dynamic_ncols=True, file=sys.stderr)
+    history: list[dict] = []
+    window: list[dict] = []
+    step = start_step
+    t0 = time.perf_counter()
+    try:
+        for step in range(start_step, steps):
+            k = jnp.asarray(stream.host_batch(step))
+            params, opt_state, metrics = _train_step(params, static, opt_state, model, sde, k,
+                                                     jax.random.fold_in(key, step), lr_arr, tx)
+            window.append(metrics)
+            done = step + 1
+            if pbar is not None:
+                pbar.update(1)
+            if done % log_every == 0 or done == steps:
+                vals = np.array([float(m["objective"]) for m in window])
+                if not np.all(np.isfinite(vals)):
+                    raise FloatingPointError(f"non-finite dequantiser objective at step {done}; lower --lr.")
+                se = float(np.sqrt(np.mean([float(m["objective_se"]) ** 2 for m in window]) / len(window)))
+                rec = {
+                    "step": done,
+                    "objective_nats": float(vals.mean()),
+                    "objective_se_nats": se,
+                    "objective_bpd": _bpd(vals.mean(), dims, deq.centered),
+                    "objective_se_bpd": se / (dims * math.log(2.0)),
+                    "mean_log_q": float(np.mean([float(m["mean_log_q"]) for m in window])),
+                    "grad_norm": float(window[-1]["grad_norm"]),
+                    "steps_per_s": len(window) / (time.perf_counter() - t0),
+                }
+                history.append(rec)
+                window, t0 = [], time.perf_counter()
+                if pbar is not None:
+                    pbar.set_postfix(bpd=f"{rec['objective_bpd']:.4f}", log_q=f"{rec['mean_log_q']:.3g}")
+            if checkpoint is not None and checkpoint_every > 0 and done % checkpoint_every == 0 and done != steps:
+                checkpoint(DequantTrainResult(eqx.combine(params, static), opt_state, done, history))
+        step = max(steps, start_step)
+    finally:
+        if pbar is not None:
+            pbar.close()
+    result = DequantTrainResult(eqx.combine(params, static), opt_state, step, history)
+    if checkpoint is not None:
+        checkpoint(result)
+    return result
+
+
+# --- paired evaluation ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundComparison:
+    """Bits/dim bounds on −log₂ P(k)/D per image, with variational (``variational``) and uniform
+    (``uniform``) dequantisation, and ``difference`` = variational − uniform, all
+    :class:`training.evaluate.Estimate` (per-image means over draws with their standard errors)."""
+
+    variational: Any
+    uniform: Any
+    difference: Any
+
+    def __str__(self) -> str:
+        return (f"variational {self.variational}; uniform {self.uniform}; "
+                f"difference {self.difference.mean:+.4f} ± {self.difference.se:.4f} bits/dim")
+
+
+@eqx.filter_jit
+def _paired_draw(model, sde, deq, k, key, stratum, n_strata):
+    eps_base, t, eps_t, eps_0 = _draws(sde, key, k.shape, k.shape[0], stratum, n_strata)
+    vd, _ = dequantization_bound_terms(model, sde, deq, k, eps_base, t, eps_t, eps_0)
+    un, _ = dequantization_bound_terms(model, sde, None, k, eps_base, t, eps_t, eps_0)
+    return vd, un
+
+
+def compare_dequantization(
+    model, sde: numerics.SDE, deq: FlowDequantizer, images_uint8: UInt8[ArrayLike, "N C H W"], key: PRNGKeyArray,
+    *, n_draws: int = 8, batch_size: int | None = None,
+) -> BoundComparison:
+    """The ε-offset bound on −log₂ P(k)/D with variational and with uniform dequantisation (THEORY.md
+    §2.9) on the same images with common random numbers: per draw the same base logistic noise ε
+    (uniform: u = σ(ε); variational: u = flow(ε)), the same t ~ p_IS (stratified over the
+    ``n_draws`` draws) and the same ε_t, ε_0. Per-image standard errors are over draws."""
+    from training.evaluate import Estimate
+
+    if not deq.centered:
+        raise ValueError("compare_dequantization assumes centred data (x = 2(k + u)/256 − 1); deq.centered is False.")
+    if n_draws < 2:
+        raise ValueError(f"n_draws must be at least 2 (for a per-image standard error); got {n_draws}.")
+    images = np.asarray(_check_images(images_uint8, deq.image_shape))
+    n = images.shape[0]
+    dims = int(np.prod(images.shape[1:]))
+    bs = n if batch_size is None else int(batch_size)
+    vd = np.zeros((n, n_draws))
+    un = np.zeros((n, n_draws))
+    for j in range(n_draws):
+        kj = jax.random.fold_in(key, j)
+        for s in range(0, n, bs):
+            k = jnp.asarray(images[s : s + bs])
+            a, b = _paired_draw(model, sde, deq, k, jax.random.fold_in(kj, s), jnp.asarray(j, F32),
+                                jnp.asarray(n_draws, F32))
+            vd[s : s + bs, j] = np.asarray(a, np.float64)
+            un[s : s + bs, j] = np.asarray(b, np.float64)
+    c = dims * math.log(2.0)
+    offset = 8.0 - 1.0  # log2(256) − log2(data_scale = 2)
+
+    def est(d, shift):
+        return Estimate(d.mean(1) / c + shift, d.std(1, ddof=1) / math.sqrt(n_draws) / c, "bits/dim")
+
+    return BoundComparison(est(vd, offset), est(un, offset), est(vd - un, 0.0))
+
+
+# --- saving and loading ---------------------------------------------------------------------------
+
+
+def _dir(workdir) -> str:
+    return os.path.join(os.fspath(workdir), SUBDIR)
+
+
+def save_dequantizer(workdir: str | os.PathLike, deq: FlowDequantizer, *, opt_state: Any = None,
+                     meta: dict | None = None) -> str:
+    """Write ``<workdir>/dequantizer/`` atomically (a temporary folder, then renames; a crash leaves
+    either the old or the new version, which :func:`load_dequantizer` finds): ``config.json``
+    (hyper-parameters and ``meta``), ``flow.eqx`` and, if given, ``opt_state.eqx``."""
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    final = _dir(workdir)
+    tmp = tempfile.mkdtemp(prefix=f".{SUBDIR}.tmp-", dir=workdir)
+    try:
+        eqx.tree_serialise_leaves(os.path.join(tmp, "flow.eqx"), deq)
+        if opt_state is not None:
+            eqx.tree_serialise_leaves(os.path.join(tmp, "opt_state.eqx"), opt_state)
+        cfg = {"format": _FORMAT, **deq.hyperparameters(), **(meta or {})}
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+        old = final + ".old"
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        if os.path.exists(final):
+            os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _read_config(path: str) -> dict:
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    if cfg.get("format") != _FORMAT:
+        raise ValueError(f"{path}: unknown dequantiser format {cfg.get('format')!r} (expected {_FORMAT}).")
+    return cfg
+
+
+def _skeleton(cfg: dict) -> FlowDequantizer:
+    """The structure of a saved flow, with shape/dtype placeholders for its arrays (nothing computed)."""
+    return eqx.filter_eval_shape(
+        lambda key: FlowDequantizer(tuple(cfg["image_shape"]), hidden=int(cfg["hidden"]), n_layers=int(cfg["n_layers"]),
+                                    n_components=int(cfg["n_components"]), delta=float(cfg["delta"]),
+                                    centered=bool(cfg["centered"]), key=key),
+        jax.random.key(0))
+
+
+def _existing(workdir) -> str | None:
+    final = _dir(workdir)
+    for p in (final, final + ".old"):  # .old only survives a crash between the two renames
+        if os.path.isfile(os.path.join(p, "config.json")) and os.path.isfile(os.path.join(p, "flow.eqx")):
+            return p
+    return None
+
+
+def load_dequantizer(workdir: str | os.PathLike) -> FlowDequantizer | None:
+    """The :class:`FlowDequantizer` saved in ``<workdir>/dequantizer/`` (by ``python -m training dequant``
+    or :func:`save_dequantizer`), or None if the work directory has none."""
+    path = _existing(workdir)
+    if path is None:
+        return None
+    return eqx.tree_deserialise_leaves(os.path.join(path, "flow.eqx"), _skeleton(_read_config(path)))
+
+
+def _load_state(workdir, grad_clip: float):
+    """(flow, opt_state or None, config dict) of a saved dequantiser, for --resume."""
+    path = _existing(workdir)
+    if path is None:
+        return None
+    cfg = _read_config(path)
+    deq = eqx.tree_deserialise_leaves(os.path.join(path, "flow.eqx"), _skeleton(cfg))
+    opt_state = None
+    if os.path.isfile(os.path.join(path, "opt_state.eqx")):
+        like = _optimizer(grad_clip).init(eqx.filter(deq, eqx.is_inexact_array))
+        opt_state = eqx.tree_deserialise_leaves(os.path.join(path, "opt_state.eqx"), like)
+    return deq, opt_state, cfg
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="training work directory (config.json + checkpoints/); "
+                   "the dequantiser is saved to WORKDIR/dequantizer/")
+    p.add_argument("--steps", type=int, default=2000, help="total training steps (default 2000)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="global-norm gradient clipping, 0 = off (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the flow's initialisation, data order and noise")
+    p.add_argument("--hidden", type=int, default=16, help="channels of the flow's conv nets (default 16)")
+    p.add_argument("--layers", type=int, default=4, help="coupling layers (default 4)")
+    p.add_argument("--components", type=int, default=4, help="logistic components per coupling (default 4)")
+    p.add_argument("--step", type=int, default=None, help="score-model checkpoint step (default: the latest)")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 archive or folder (default: the training config's)")
+    p.add_argument("--num-images", type=int, default=None, help="use at most this many training images")
+    p.add_argument("--eval-images", type=int, default=256,
+                   help="images held out from the dequantiser's training, for the final paired comparison "
+                        "of the variational and uniform bounds (0 = none; default 256)")
+    p.add_argument("--eval-draws", type=int, default=4, help="Monte Carlo draws per held-out image (default 4)")
+    p.add_argument("--ckpt-every", type=int, default=500, help="save every N steps (default 500)")
+    p.add_argument("--log-every", type=int, default=50, help="history record every N steps (default 50)")
+    p.add_argument("--resume", action="store_true", help="continue from WORKDIR/dequantizer/")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _images_of(cfg, data_dir: str | None) -> np.ndarray:
+    from training.data import load_cifar10, load_digits
+
+    name = cfg.data.name
+    if name == "digits":
+        return load_digits().images
+    if name == "cifar10":
+        path = data_dir or cfg.data.data_dir
+        if not path:
+            raise ValueError("the model was trained on CIFAR-10: pass --data-dir (cifar-10-python.tar.gz or its folder).")
+        return load_cifar10(path, cfg.data.split).images
+    raise ValueError(f"variational dequantisation needs 8-bit image data; the work directory's model was trained "
+                     f"on {name!r} data.")
+
+
+def _split(n: int, n_eval: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices): a fixed permutation of the data set."""
+    perm = np.random.default_rng([seed, 7919]).permutation(n)
+    return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
+
+
+_IDENTITY = ("batch_size", "seed", "lr", "grad_clip", "hidden", "layers", "components", "eval_images", "num_images")
+
+
+def run(args) -> int:
+    from training.evaluate import load_model
+
+    workdir = os.path.abspath(args.workdir)
+    identity = {k: getattr(args, k) for k in _IDENTITY}
+    try:
+        if not os.path.isfile(os.path.join(workdir, "config.json")):
+            raise FileNotFoundError(f"--workdir {workdir} holds no trained model (no config.json); train one first "
+                                    "with `python -m training train`.")
+        prev = _existing(workdir)
+        saved: dict = {}
+        if prev is not None and not args.resume:
+            raise FileExistsError(f"{_dir(workdir)} already exists; pass --resume to continue it, or remove it.")
+        if prev is not None:
+            saved = _read_config(prev)
+            changed = sorted(k for k in _IDENTITY if saved.get("identity", {}).get(k) != identity[k])
+            if changed:
+                raise ValueError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
+                                 f"saved run in {prev} (only --steps, --log-every, --ckpt-every, --eval-draws and "
+                                 "--no-progress may change).")
+        model, cfg, sde, score_step = load_model(workdir, args.step)
+        images = _images_of(cfg, args.data_dir)
+        if not cfg.data.centered:
+            raise ValueError("the dequantiser assumes data centred to [-1, 1] (data.centered=true); this model was not.")
+        n_eval = max(0, min(int(args.eval_images), images.shape[0] // 2))
+        tr_idx, ev_idx = _split(images.shape[0], n_eval, args.seed)
+        if args.num_images is not None:
+            tr_idx = tr_idx[: int(args.num_images)]
+        if len(tr_idx) < args.batch_size:
+            raise ValueError(f"{len(tr_idx)} training images are fewer than one batch (--batch-size {args.batch_size}).")
+        init = opt_state = None
+        start = 0
+        if prev is not None:
+            if saved.get("score_step") != score_step:
+                raise ValueError(f"--resume: the saved dequantiser was fitted to score checkpoint {saved.get('score_step')}, "
+                                 f"not {score_step}.")
+            init, opt_state, _ = _load_state(workdir, float(args.grad_clip))
+            start = int(saved.get("step", 0))
+            print(f"resuming the dequantiser from step {start}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    meta = dict(score_step=score_step, steps=args.steps, n_train_images=int(len(tr_idx)), identity=identity)
+    old_history = list(saved.get("history", []))
+
+    def checkpoint(res: DequantTrainResult):
+        save_dequantizer(workdir, res.dequantizer, opt_state=res.opt_state,
+                         meta={**meta, "step": res.step, "history": old_history + res.history})
+
+    key = jax.random.key(args.seed)
+    try:
+        res = train_dequantizer(
+            model, sde, images[tr_idx], key, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            grad_clip=args.grad_clip, seed=args.seed, hidden=args.hidden, n_layers=args.layers,
+            n_components=args.components, centered=True, init=init, opt_state=opt_state, start_step=start,
+            log_every=args.log_every, progress=not args.no_progress, checkpoint=checkpoint,
+            checkpoint_every=args.ckpt_every)
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    last = res.history[-1] if res.history else None
+    if last is not None:
+        print(f"dequantiser step {res.step}: training objective {last['objective_bpd']:.4f} ± "
+              f"{last['objective_se_bpd']:.4f} bits/dim (steps {max(start, last['step'] - args.log_every) + 1}-{last['step']})")
+    if n_eval > 0:
+        cmp = compare_dequantization(model, sde, res.dequantizer, images[ev_idx], jax.random.fold_in(key, 2**30),
+                                     n_draws=max(2, int(args.eval_draws)), batch_size=args.batch_size)
+        print(f"held-out ({n_eval} images, {max(2, int(args.eval_draws))} draws): {cmp}")
+        path = _existing(workdir)
+        saved_cfg = _read_config(path)
+        saved_cfg["heldout"] = {
+            "step": res.step, "n_images": n_eval, "n_draws": max(2, int(args.eval_draws)),
+            "variational_bpd": cmp.variational.mean, "variational_se": cmp.variational.se,
+            "uniform_bpd": cmp.uniform.mean, "uniform_se": cmp.uniform.se,
+            "difference_bpd": cmp.difference.mean, "difference_se": cmp.difference.se,
+        }
+        tmp = os.path.join(path, "config.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(saved_cfg, f, indent=2, sort_keys=True)
+        os.replace(tmp, os.path.join(path, "config.json"))
+    print(f"saved to {_dir(workdir)}")
+    return 0
