@@ -134,28 +134,31 @@ def build_optimizer(c) -> tuple[optax.GradientTransformation, Callable]:
     return optax.chain(*parts), schedule
 
 
+@eqx.filter_jit
+def _initial_state(model_cfg, sde_cfg, optim_cfg, event_shape: tuple[int, ...], seed: int):
+    """One compiled initialiser instead of dozens of eager ops, each compiled separately; the
+    arguments are hashable configs (static), so a second call with the same ones does not recompile.
+
+    Initialisation draws from the counter-based "unsafe_rbg" generator (XLA RngBitGenerator): it
+    compiles several times faster than threefry on CPU and runs once per run (a resumed run restores
+    its parameters), so its weaker splitting guarantees do not matter here."""
+    tx, _ = build_optimizer(optim_cfg)
+    key = jax.random.key(seed, impl="unsafe_rbg")
+    model = build_model(model_cfg, event_shape, key)
+    if sde_cfg.name == "vdm":  # the network and its learned forward process (training.objectives)
+        model = ScheduledNet(model, build_sde(sde_cfg, jax.random.fold_in(key, 1)))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    params = jax.tree.map(lambda a: a.astype(F32), params)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, ema=jax.tree.map(jnp.copy, params), opt_state=tx.init(params)
+    )
+    return state, static
+
+
 def init_state(cfg: Config, event_shape: tuple[int, ...]) -> tuple[TrainState, Any, optax.GradientTransformation, Callable]:
-    """(state, static part of the model, optimiser, lr schedule); parameters from ``seed``."""
+    """(state, static part of the model, optimiser, lr schedule); parameters from ``train.seed``."""
     tx, schedule = build_optimizer(cfg.optim)
-    model_cfg = cfg.model
-
-    def make(seed):
-        # Initialisation draws from the counter-based "unsafe_rbg" generator (XLA RngBitGenerator):
-        # it compiles several times faster than threefry on CPU and runs once per run (a resumed
-        # run restores its parameters), so its weaker splitting guarantees do not matter here.
-        key = jax.random.key(seed, impl="unsafe_rbg")
-        model = build_model(model_cfg, event_shape, key)
-        if cfg.sde.name == "vdm":  # the network and its learned forward process (training.objectives)
-            model = ScheduledNet(model, build_sde(cfg.sde, jax.random.fold_in(key, 1)))
-        params, static = eqx.partition(model, eqx.is_inexact_array)
-        params = jax.tree.map(lambda a: a.astype(F32), params)
-        state = TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, ema=jax.tree.map(jnp.copy, params), opt_state=tx.init(params)
-        )
-        return state, static
-
-    # one compiled initialiser instead of dozens of eager ops, each compiled separately
-    state, static = eqx.filter_jit(make)(cfg.train.seed)
+    state, static = _initial_state(cfg.model, cfg.sde, cfg.optim, tuple(int(n) for n in event_shape), int(cfg.train.seed))
     return state, static, tx, schedule
 
 
