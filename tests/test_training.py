@@ -345,7 +345,7 @@ def test_mlp_is_zero_at_init_and_flattens_images():
 
 
 def test_presets_cover_table2_with_published_hyperparameters():
-    rows = [n for n in PRESETS if n.startswith("cifar10_")]
+    rows = [n for n in PRESETS if n.startswith("cifar10_") and PRESETS[n].loss.objective == "dsm"]
     assert len(rows) == 12
     for sde in ("vp", "subvp"):
         for deep in ("", "_deep"):
@@ -359,6 +359,18 @@ def test_presets_cover_table2_with_published_hyperparameters():
                 assert (m.nf, m.ch_mult, m.attn_resolutions, m.dropout) == (128, (1, 2, 2, 2), (16,), 0.1)
                 assert m.num_res_blocks == (8 if deep else 4)
                 assert c.data.centered and c.sde.t_min == (1e-5 if sde == "vp" else 1e-2)
+    # Lu et al.'s fine-tuning presets (THEORY.md §3.7) and VDM's (§4.8)
+    for order, batch in ((2, 128), (3, 48)):
+        c = PRESETS[f"cifar10_vp_ddpmpp_deep_g2_is_{'second' if order == 2 else 'third'}"]
+        assert (c.loss.objective, c.loss.order, c.loss.order_weights, c.loss.estimator) == (
+            "high_order", order, (1.0, 1.0, 1.0), "hutchinson")
+        assert c.train.batch_size == batch and c.model == PRESETS["cifar10_vp_ddpmpp_deep_g2_is"].model
+    v = PRESETS["cifar10_vdm"]
+    assert (v.sde.name, v.sde.schedule, v.sde.gamma_min, v.sde.gamma_max, v.loss.objective) == (
+        "vdm", "learned", -13.3, 5.0, "vdm")
+    assert (v.model.ch_mult, v.model.num_res_blocks, v.model.nf, v.model.input_fourier) == ((1,), 32, 128, (6, 7))
+    assert (v.optim.weight_decay, v.optim.beta2, v.optim.lr, v.optim.ema_rate, v.train.batch_size) == (
+        0.01, 0.99, 2e-4, 0.9999, 128)
 
 
 def test_overrides_parse_types_and_reject_unknown_keys():
