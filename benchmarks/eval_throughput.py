@@ -36,14 +36,14 @@ both sides and the float32 network is evaluated inside it (input cast to float32
 before each device call on the host side (as ScoreFlow does; scipy itself keeps float64). On the CPU
 float32 was no faster (the network is float32 either way; the ODE state is small).
 
-Convolution layout (``--conv-layout``): ``nchw`` is the network as built (equinox's channels-first
-``Conv2d``). On XLA:CPU a channels-first convolution inside a ``while_loop`` body — every adaptive
-diffrax solve is one — runs far slower than the same convolution outside a loop (17× for a
-16-channel 3×3 convolution on 4×16×32×32 measured here; a known XLA:CPU problem, jax-ml/jax#12868),
-which only the in-graph side suffers. ``nhwc``
-evaluates the SAME parameters with every convolution computed channels-last (:class:`NHWCConv2d`,
-explicit transposes; outputs equal to float32 rounding, tested), which removes that penalty. Default
-``both`` on CPU; ``nchw`` with ``--full`` (GPU convolutions do not have this problem).
+Convolution layout (``--conv-layout``): ``nhwc`` is the network as built — DDPM++ computes every
+convolution channels-last (training.networks.ddpmpp.ChannelsLastConv2d, explicit transposes).
+``nchw`` evaluates the SAME parameters with plain channels-first ``eqx.nn.Conv2d`` layers, as the
+network was first built: on XLA:CPU a channels-first convolution inside a ``while_loop`` body —
+every adaptive diffrax solve is one — runs far slower than the same convolution outside a loop (17×
+for a 16-channel 3×3 convolution on 4×16×32×32 measured here; a known XLA:CPU problem,
+jax-ml/jax#12868), which only the in-graph side suffers. Default ``both`` on CPU; ``nhwc`` with
+``--full`` and ``--quick``.
 
 The network: ``training.train.build_model`` for a ``ModelConfig(name="ddpmpp", ...)``. A fresh
 DDPM++ has ε̂ ≡ 0 (the last convolution of every residual block, the attention output and the
@@ -62,7 +62,7 @@ CIFAR-shaped smooth random 8-bit images (3×32×32: low-frequency colour fields 
 is downloaded), DDPM++ nf = 16, ch_mult (1, 2), 1 block, attention at 16×16, batch 2. ``--full``: the
 CIFAR-10 DDPM++ of Song et al. (nf = 128, ch_mult (1, 2, 2, 2), 4 blocks, attention at 16×16; 61.8M
 parameters) on the CIFAR-shaped case, batch 64, no time budget: meant for a GPU. ``--quick``: a tiny
-network (nf = 8, one resolution, no attention) on the digits, batch 4, tol 1e-3, nchw, one repeat
+network (nf = 8, one resolution, no attention) on the digits, batch 4, tol 1e-3, nhwc, one repeat
 (the smoke test).
 
 Timing: the in-graph side is compiled by a warm-up ``ode_log_likelihood`` call with exactly the
@@ -106,6 +106,7 @@ import numerics  # noqa: E402  (enables float64)
 from numerics.likelihood import _field_one, bits_per_dim, ode_log_likelihood  # noqa: E402
 from training.configs import ModelConfig  # noqa: E402
 from training.data import dequantize, load_digits  # noqa: E402
+from training.networks.ddpmpp import ChannelsLastConv2d  # noqa: E402
 from training.evaluate import EpsModel, ode_nll, to_bits_per_dim  # noqa: E402
 from training.networks import count_params  # noqa: E402
 from training.train import build_model  # noqa: E402
@@ -120,8 +121,7 @@ __all__ = [
     "hutchinson_probes",
     "main",
     "perturb_zero_init",
-    "NHWCConv2d",
-    "to_nhwc_convs",
+    "to_channels_first_convs",
     "tol_implied_bpd",
     "reference_nll",
     "run_case",
@@ -251,44 +251,22 @@ def batched_eps(net, x: jax.Array, t) -> jax.Array:
     return jax.vmap(lambda xi: net(xi, t))(x)
 
 
-class NHWCConv2d(eqx.Module):
-    """The same convolution as an ``eqx.nn.Conv2d`` (same weight (O, I, kh, kw), bias (O, 1, 1) and
-    zero padding; stride, dilation and groups 1) on a (C, H, W) input, computed channels-last:
-    transpose to (1, H, W, C), ``conv_general_dilated`` with NHWC/HWIO, transpose back.
-
-    Why: on XLA:CPU a channels-first convolution inside a ``while_loop`` body (every adaptive diffrax
-    solve is one) runs far slower than outside a loop (jax-ml/jax#12868); a channels-last one does
-    not. Measured here (jax 0.10.2, 2-core CPU, process CPU time): a 16-channel 3×3 convolution on
-    4×16×32×32, 4.8 ms per call in a fori_loop vs 0.28 ms unrolled; NHWC 0.33 ms in the loop; with
-    these transposes around it 0.30 ms in the loop.
-    """
-
-    weight: jax.Array
-    bias: jax.Array | None
-    padding: tuple[tuple[int, int], ...] = eqx.field(static=True)
-
-    def __call__(self, x, *, key=None):
-        w = jnp.transpose(self.weight, (2, 3, 1, 0))  # (kh, kw, I, O)
-        y = jax.lax.conv_general_dilated(jnp.transpose(x, (1, 2, 0))[None], w, (1, 1), self.padding,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
-        y = jnp.transpose(y, (2, 0, 1))
-        return y if self.bias is None else y + self.bias
-
-
-def to_nhwc_convs(net: eqx.Module) -> tuple[eqx.Module, int]:
-    """Replace every ``eqx.nn.Conv2d`` of ``net`` by the equivalent :class:`NHWCConv2d` (same
-    parameters). Returns (network, number replaced)."""
-    is_conv = lambda m: isinstance(m, eqx.nn.Conv2d)  # noqa: E731
+def to_channels_first_convs(net: eqx.Module) -> tuple[eqx.Module, int]:
+    """Replace every channels-last convolution of DDPM++
+    (:class:`training.networks.ddpmpp.ChannelsLastConv2d`) by a plain channels-first
+    ``eqx.nn.Conv2d`` with the same parameters — the network as it was built before the layout
+    change, to measure what that change bought. Returns (network, number replaced)."""
+    is_conv = lambda m: isinstance(m, ChannelsLastConv2d)  # noqa: E731
     count = [0]
 
     def swap(m):
         if not is_conv(m):
             return m
-        if (tuple(m.stride) != (1, 1) or tuple(m.dilation) != (1, 1) or m.groups != 1
-                or str(getattr(m, "padding_mode", "ZEROS")).upper() != "ZEROS"):
-            raise ValueError(f"NHWCConv2d covers stride 1, dilation 1, groups 1, zero padding; got {m}.")
         count[0] += 1
-        return NHWCConv2d(m.weight, m.bias if m.use_bias else None, tuple(tuple(int(q) for q in p) for p in m.padding))
+        plain = eqx.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, padding=m.padding,
+                              use_bias=m.use_bias, dtype=m.weight.dtype, key=jax.random.PRNGKey(0))
+        return eqx.tree_at(lambda c: (c.weight, c.bias), plain, (m.weight, m.bias)) if m.use_bias else \
+            eqx.tree_at(lambda c: c.weight, plain, m.weight)
 
     return jax.tree.map(swap, net, is_leaf=is_conv), count[0]
 
@@ -309,13 +287,14 @@ class Case:
         return int(np.prod(self.x.shape[1:]))
 
     def model_for(self, layout: str) -> EpsModel:
-        """The score model with the network as built (``"nchw"``: equinox's channels-first
-        convolutions) or with every convolution computed channels-last (``"nhwc"``, :func:`to_nhwc_convs`;
-        same parameters, same function up to float32 rounding)."""
-        if layout == "nchw":
-            return self.model
+        """The score model with the network as built (``"nhwc"``: DDPM++ computes its convolutions
+        channels-last) or with every convolution computed channels-first (``"nchw"``, plain
+        ``eqx.nn.Conv2d``, :func:`to_channels_first_convs`; same parameters, same function up to
+        float32 rounding)."""
         if layout == "nhwc":
-            return EpsModel(to_nhwc_convs(self.model.net)[0], self.sde)
+            return self.model
+        if layout == "nchw":
+            return EpsModel(to_channels_first_convs(self.model.net)[0], self.sde)
         raise ValueError(f"layout must be 'nchw' or 'nhwc'; got {layout!r}.")
 
 
@@ -566,7 +545,7 @@ def print_table(rows: Sequence[dict]) -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="benchmarks/eval_throughput.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: tiny network, digits only, batch 4, tol 1e-3, nchw, 1 repeat")
+                        help="smoke run: tiny network, digits only, batch 4, tol 1e-3, nhwc, 1 repeat")
     parser.add_argument("--full", action="store_true",
                         help="full-width CIFAR-10 DDPM++ (nf=128, ch_mult (1,2,2,2), 4 blocks, attn 16), batch 64: for a GPU")
     parser.add_argument("--batch", type=int, default=None, help="batch of every case (default: per case)")
@@ -578,8 +557,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--dtype", choices=["float64", "float32", "both"], default=None,
                         help="ODE state precision of both sides (default float64)")
     parser.add_argument("--conv-layout", choices=["nchw", "nhwc", "both"], default=None,
-                        help="network as built (nchw: equinox channels-first convolutions), the same network computed "
-                             "channels-last (nhwc), or both (default both; nchw with --quick or --full)")
+                        help="network as built (nhwc: DDPM++'s channels-last convolutions), the same network with "
+                             "channels-first convolutions (nchw), or both (default both; nhwc with --quick or --full)")
     parser.add_argument("--reference-tol", type=float, default=None,
                         help="also solve once (untimed, in graph, float64, channels-last) at this tight tolerance "
                              "with the same probes and report each side's bits/dim error against it")
@@ -595,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     budget = args.budget if args.budget is not None else (math.inf if args.full else 15.0)
     dtype_arg = args.dtype or "float64"
     dtypes = ["float64", "float32"] if dtype_arg == "both" else [dtype_arg]
-    layout_arg = args.conv_layout or ("nchw" if (args.full or args.quick) else "both")
+    layout_arg = args.conv_layout or ("nhwc" if (args.full or args.quick) else "both")
     layouts = ["nchw", "nhwc"] if layout_arg == "both" else [layout_arg]
     specs = default_specs(quick=args.quick, full=args.full, batch=args.batch)
     names = args.cases.split(",") if args.cases else (["cifar"] if args.full else ["digits"] if args.quick else list(specs))
@@ -613,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"VP SDE (t_min 1e-5), N(0, I) prior, Hutchinson with 1 Rademacher probe (the same probes on both sides), "
           f"rtol = atol = {tol:g}, float32 network, solve dtype(s) {', '.join(dtypes)}; up to {repeats} timed call(s) per "
           f"side after compilation (none started past {budget:g} s of timed calls); img/s = batch / median wall time; ms/eval = median wall time / NFE; convs: nchw = "
-          "the network as built, nhwc = the same parameters computed channels-last (see NHWCConv2d)")
+          "the same parameters computed channels-first (plain eqx.nn.Conv2d), nhwc = the network as built (channels-last)")
     rows, cases_info = [], []
     for n in names:
         spec = specs[n]

@@ -76,12 +76,12 @@ def test_host_loop_uses_the_probes_of_ode_nll(bench):
     assert np.max(np.abs(nll_other - ours)) > 0.1  # the check above can tell probes apart
 
 
-def test_nhwc_convs_compute_the_same_network(bench):
+def test_channels_first_convs_compute_the_same_network(bench):
     # a tiny DDPM++ with every kind of layer (attention at 4×4, a resampling block, 1×1 skips)
     spec = bench.CaseSpec("tiny", "digits", 2, 8, (1, 2), 1, (4,))
     case = bench.build_case(spec, seed=0)
-    nchw = case.model_for("nchw").net
-    nhwc, n_swapped = bench.to_nhwc_convs(nchw)
+    nhwc = case.model_for("nhwc").net
+    nchw, n_swapped = bench.to_channels_first_convs(nhwc)
     assert n_swapped > 0
     x = case.x[:2].astype(jnp.float32)
     for t in (1e-5, 0.3, 1.0):

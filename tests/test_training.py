@@ -320,6 +320,20 @@ def test_ddpmpp_forward_backward_on_cifar_shaped_batch():
         jax.eval_shape(model, jax.ShapeDtypeStruct((3, 28, 28), F32), jax.ShapeDtypeStruct((), F32))
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_channels_last_conv_equals_equinox_conv(k):
+    """DDPM++'s convolutions run channels-last (fast inside diffrax's while loop on XLA:CPU) with the
+    parameters and results of eqx.nn.Conv2d."""
+    from training.networks.ddpmpp import ChannelsLastConv2d
+
+    ours = ChannelsLastConv2d(4, 6, k, padding=k // 2, dtype=F32, key=jax.random.PRNGKey(0))
+    ref = eqx.nn.Conv2d(4, 6, k, padding=k // 2, dtype=F32, key=jax.random.PRNGKey(0))
+    ours = eqx.tree_at(lambda m: m.bias, ours, jax.random.normal(jax.random.PRNGKey(3), ours.bias.shape, F32))
+    ref = eqx.tree_at(lambda m: m.bias, ref, ours.bias)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 9, 9), F32)
+    np.testing.assert_allclose(np.asarray(jax.vmap(ours)(x)), np.asarray(jax.vmap(ref)(x)), rtol=1e-5, atol=1e-5)
+
+
 def test_ddpmpp_full_size_parameter_counts():
     """Full DDPM++ cont. sizes (abstract evaluation, nothing allocated): 61.8M (4 blocks), 106.6M (deep)."""
     base = eqx.filter_eval_shape(lambda k: DDPMpp(num_res_blocks=4, key=k), jax.random.PRNGKey(0))
