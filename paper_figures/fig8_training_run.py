@@ -127,7 +127,7 @@ def make(ctx: Context) -> FigureOutput:
     if images:
         from training.sample import image_grid, quantise
 
-        grid = image_grid(quantise(samples, centered=cfg.data.centered), ncol=8)  # the CLI's grid (training.sample)
+        grid = image_grid(quantise(samples, centered=cfg.data.centered), ncol=8, pad_value=0)  # training.sample's grid; white gaps under gray_r
         ax3.imshow(grid[..., 0], cmap="gray_r", vmin=0, vmax=255)
         ax3.set_xticks([])
         ax3.set_yticks([])
