@@ -298,7 +298,6 @@ def test_ddpmpp_forward_backward_on_cifar_shaped_batch():
     # attention only at 16×16 (one down, one up) besides the middle block
     assert sum(isinstance(b, AttnBlock) for b in model.down) == 1
     assert sum(isinstance(b, AttnBlock) for b in model.up) == 1
-    sde = build_sde(cfg.sde)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     loss_fn = make_loss_fn(static, cfg)
 

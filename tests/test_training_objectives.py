@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import numerics
 from numerics import vdm
 from numerics.high_order import score_and_jacobian
 from training import evaluate as ev
