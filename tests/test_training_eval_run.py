@@ -83,7 +83,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 KILL_BATCHES = 12
 KILL_ARGS = ["--metrics", "ode", "--num-examples", str(KILL_BATCHES * BS), "--batch-size", str(BS), "--no-progress"]
 KILL_FILE = os.path.join("eval", f"step300-ema-seed0-bs{BS}-mixture-three_blobs_2d-n{KILL_BATCHES * BS}-ds0",
-                         "ode-continuous-exact-tol1e-05.jsonl")
+                         "ode-continuous-exact-tol1e-05-dev1.jsonl")
 
 
 def _wait_for_records(proc, path, k: int, timeout: float = 300.0) -> None:

@@ -53,7 +53,8 @@ copies of its last example (dropped afterwards) so one compiled shape serves all
 
 **Resuming.** Per-batch results (per-example values in nats, SEs, NFE, log q) are appended, flushed
 and fsynced after every batch to ``DIR/eval/<tag>/<metric>-<options>.jsonl``, where
-``<tag> = step<step>-<ema|raw>-seed<seed>-bs<batch>-<data>``. A rerun with the same options skips
+``<tag> = step<step>-<ema|raw>-seed<seed>-bs<batch>-<data>`` (the ODE file's name also holds the
+device count: its adaptive steps depend on the split of a batch). A rerun with the same options skips
 the finished batches (and says so). Every random draw of batch b comes from
 ``fold_in(key(--seed), b)``, so an interrupted and resumed evaluation gives exactly the numbers of
 an uninterrupted one.
@@ -796,7 +797,10 @@ def evaluate_workdir(
     deq_of = {"ode": deq_label, "bound": deq_label,
               "vlb": "none (discrete decoder on the 8-bit pixels)" if test.kind == "image" else "continuous"}
     file_names = {
-        "ode": f"ode-{deq_label}-{ev.divergence}{opts.n_probes if ev.divergence == 'hutchinson' else ''}-tol{opts.tol:g}.jsonl",
+        # the adaptive steps of a shared-step solve depend on how the batch is split over devices
+        # (up to ~4e-3 nats at tol 1e-5), so a resume on another device count starts a new file
+        "ode": (f"ode-{deq_label}-{ev.divergence}{opts.n_probes if ev.divergence == 'hutchinson' else ''}"
+                f"-tol{opts.tol:g}-dev{n_dev}.jsonl"),
         "bound": f"bound-{deq_label}-g2_is-draws{opts.bound_draws}.jsonl",
         "vlb": f"vlb-{'discrete' if test.kind == 'image' else 'gaussian'}-t{opts.vlb_t}-draws{opts.vlb_draws}.jsonl",
     }
