@@ -101,7 +101,7 @@ def _mixture_panel(ctx: Context, ax, summary, lines):
     ax.set_ylabel("excess over true −log q₀(x) (nats, paired, ± 3 SE)")
     ax.set_title(f"2-D mixture, {ctx.size(1500, 150)} steps, {n_test} test points (H(q₀) = {H:.3f} ± {H_se:.3f} nats)",
                  fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper right")  # clear of the tallest (λ = σ²) error bars
     lines.append(f"| mixture2d | true entropy H(q₀) | {H:.4f} ± {H_se:.4f} (MC, {ent_x.size} samples) | | | |")
 
 
