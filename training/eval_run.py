@@ -201,40 +201,14 @@ def _positive(name: str, value, minimum: int = 1) -> None:
         raise EvalError(f"{name} must be an integer >= {minimum}; got {value!r}.")
 
 
-def _check_workdir(workdir: str) -> tuple[str, dict]:
-    if not os.path.isdir(workdir):
-        raise EvalError(
-            f"--workdir {workdir}: no such directory. Pass the work directory of a training run "
-            "(python -m training train --config NAME --workdir DIR)."
-        )
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise EvalError(
-            f"--workdir {workdir} has no config.json, so it is not a training work directory; pass the --workdir "
-            "of a training run (python -m training train writes config.json there)."
-        )
+def _check_workdir(workdir: str, step: int | None) -> tuple[dict, int]:
+    """(config dict, checkpoint step) by training.evaluate.locate_checkpoint, as an EvalError."""
+    from training.evaluate import WorkdirError, locate_checkpoint
+
     try:
-        with open(cfg_path) as f:
-            return cfg_path, json.load(f)
-    except json.JSONDecodeError as e:
-        raise EvalError(f"--workdir {workdir}: config.json is not valid JSON ({e}); restore it from the training run.") from e
-
-
-def _check_step(workdir: str, step: int | None) -> int:
-    from training.evaluate import checkpoint_steps
-
-    ck_dir = os.path.join(workdir, "checkpoints")
-    steps = checkpoint_steps(workdir) if os.path.isdir(ck_dir) else []
-    if not steps:
-        raise EvalError(
-            f"--workdir {workdir}: no checkpoint in {ck_dir}; train first "
-            f"(python -m training train --config NAME --workdir {workdir}, or --resume to continue a run)."
-        )
-    if step is None:
-        return int(steps[-1])
-    if step not in steps:
-        raise EvalError(f"--step {step}: no such checkpoint in {ck_dir}; available steps: {steps}.")
-    return int(step)
+        return locate_checkpoint(workdir, step)
+    except WorkdirError as e:
+        raise EvalError(str(e)) from e
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -734,7 +708,7 @@ def evaluate_workdir(
     """Evaluate the checkpoint ``step`` of a training work directory (see the module docstring) and
     write the summary JSON; returns the summary dict. Raises :class:`EvalError` on bad input."""
     workdir = os.path.abspath(os.fspath(workdir))
-    _, cfg_dict = _check_workdir(workdir)
+    cfg_dict, step = _check_workdir(workdir, step)
     opts = _Options(
         metrics=_parse_metrics(metrics), batch_size=batch_size, n_probes=n_probes, divergence=divergence, tol=tol,
         bound_draws=bound_draws, vlb_draws=vlb_draws, vlb_t=vlb_t, dequant=dequant, seed=seed, limit=limit,
@@ -774,7 +748,6 @@ def evaluate_workdir(
             f"--batch-size {opts.batch_size} is not divisible by the {n_dev} devices of jax.devices(); "
             f"pass a multiple of {n_dev} (e.g. --batch-size {good})."
         )
-    step = _check_step(workdir, step)
     cfg = config_from_dict(cfg_dict)
     test = load_test_set(cfg, limit=opts.limit, num_examples=opts.num_examples, data_seed=opts.data_seed,
                          data_dir=opts.data_dir, split=opts.split)

@@ -74,6 +74,8 @@ __all__ = [
     "image_bound_bpd",
     "config_from_dict",
     "load_model",
+    "locate_checkpoint",
+    "WorkdirError",
     "checkpoint_steps",
 ]
 
@@ -353,20 +355,57 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
         ck.close()
 
 
+class WorkdirError(FileNotFoundError):
+    """A training work directory (or one of its checkpoints) that is missing; the message names the
+    argument (``--workdir``, ``--step``) and the fix."""
+
+
+def locate_checkpoint(workdir: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
+    """(config dict, checkpoint step) of a training work directory: ``step``, or the latest if None.
+    Raises :class:`WorkdirError` when the directory, its ``config.json`` or the checkpoint is missing
+    (shared by load_model and the eval/sample command lines)."""
+    workdir = os.fspath(workdir)
+    if not os.path.isdir(workdir):
+        raise WorkdirError(
+            f"--workdir {workdir}: no such directory. Pass the work directory of a training run "
+            "(python -m training train --config NAME --workdir DIR)."
+        )
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise WorkdirError(
+            f"--workdir {workdir} has no config.json, so it is not a training work directory; pass the --workdir "
+            "of a training run (python -m training train writes config.json there)."
+        )
+    try:
+        with open(cfg_path) as f:
+            cfg_dict = json.load(f)
+    except json.JSONDecodeError as e:
+        raise WorkdirError(f"--workdir {workdir}: config.json is not valid JSON ({e}); restore it from the training run.") from e
+    ck_dir = os.path.join(workdir, "checkpoints")
+    steps = checkpoint_steps(workdir) if os.path.isdir(ck_dir) else []
+    if not steps:
+        raise WorkdirError(
+            f"--workdir {workdir}: no checkpoint in {ck_dir}; train first "
+            f"(python -m training train --config NAME --workdir {workdir}, or --resume to continue a run)."
+        )
+    if step is None:
+        return cfg_dict, int(steps[-1])
+    if step not in steps:
+        raise WorkdirError(f"--step {step}: no such checkpoint in {ck_dir}; available steps: {steps} "
+                           "(or leave --step out for the latest).")
+    return cfg_dict, int(step)
+
+
 def load_model(workdir: str | os.PathLike, step: int | None = None, *, ema: bool = True):
     """(model, cfg, sde, step): the :class:`EpsModel` with the EMA (or raw) parameters of checkpoint
     ``step`` (latest if None) of a training work directory, its config and SDE (for a VDM run the
-    :class:`numerics.LogSNRSDE` of its learned schedule, with the EMA parameters)."""
+    :class:`numerics.LogSNRSDE` of its learned schedule, with the EMA parameters). Raises
+    :class:`WorkdirError` for a missing directory, config or checkpoint."""
     from training.objectives import sde_of
     from training.train import load_state
 
-    with open(os.path.join(os.fspath(workdir), "config.json")) as f:
-        cfg = config_from_dict(json.load(f))
-    if step is None:
-        steps = checkpoint_steps(workdir)
-        if not steps:
-            raise FileNotFoundError(f"no checkpoint in {os.path.join(os.fspath(workdir), 'checkpoints')}.")
-        step = steps[-1]
+    cfg_dict, step = locate_checkpoint(workdir, step)
+    cfg = config_from_dict(cfg_dict)
     state, static = load_state(cfg, workdir, step)
     net = eqx.combine(state.ema if ema else state.params, static)
     sde = sde_of(net, cfg)  # a VDM run's learned schedule lives in the model

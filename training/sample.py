@@ -283,21 +283,10 @@ def _load(args):
     """(model, cfg, sde, step) of the work directory, with errors that name the argument."""
     from training import evaluate as ev
 
-    workdir = Path(args.workdir)
-    if not workdir.is_dir():
-        raise UsageError(f"--workdir {workdir}: no such directory; pass the --workdir of a `python -m training train` run.")
-    if not (workdir / "config.json").is_file():
-        raise UsageError(f"--workdir {workdir}: no config.json, so not a training work directory; "
-                         "pass the --workdir of a `python -m training train` run.")
-    steps = ev.checkpoint_steps(workdir) if (workdir / "checkpoints").is_dir() else []
-    if not steps:
-        raise UsageError(f"--workdir {workdir}: no checkpoint in {workdir / 'checkpoints'}; train first "
-                         f"(python -m training train --config NAME --workdir {workdir}).")
-    step = args.step
-    if step is not None and step not in steps:
-        raise UsageError(f"--step {step}: no such checkpoint in {workdir / 'checkpoints'}; available: {steps} "
-                         "(or leave --step out for the latest).")
-    return ev.load_model(workdir, step, ema=args.ema)
+    try:  # training.evaluate.locate_checkpoint's messages name --workdir / --step and the fix
+        return ev.load_model(args.workdir, args.step, ema=args.ema)
+    except ev.WorkdirError as e:
+        raise UsageError(str(e)) from e
 
 
 def _validate(args) -> None:
