@@ -41,6 +41,7 @@ __all__ = [
     "SolverError",
     "ode_log_likelihood",
     "score_and_divergence",
+    "probability_flow_field",
     "bits_per_dim",
     "evaluations_per_step",
     "check_solves",
@@ -118,6 +119,30 @@ def _field_one(score_fn, sde, t, xt, probes):
     return f * xt - 0.5 * g2 * s, xt.size * f - 0.5 * g2 * div_s
 
 
+def probability_flow_field(score_fn: Callable, sde: SDE, probes: Float[Array, "N P *event"] | None = None) -> Callable:
+    """The batched right-hand side (t, x) ↦ (h(x, t), d/dt log-det) of the probability-flow ODE with
+    its divergence (THEORY.md §2.1; Song et al. 2021, Eq. 13 and §4.3), for a batch x of shape
+    (N, *event): the second output has shape (N, 1) for the exact trace and (N, P) for P Hutchinson
+    probes ``probes`` (N, P, *event) held fixed along the trajectory.
+
+    For the exact trace a score with a batched hook ``score_and_divergence_batch(x, t)`` (the exact
+    mixture score has one, laid out for a batch) is called once for the batch; otherwise the
+    per-sample field (:func:`score_and_divergence`) is vmapped. Both sides of
+    ``benchmarks/likelihood.py`` evaluate this function, so they integrate the same field.
+    """
+    hook = getattr(score_fn, "score_and_divergence_batch", None) if probes is None else None
+    if hook is None:
+        batched = jax.vmap(_field_one, in_axes=(None, None, None, 0, None if probes is None else 0))
+        return lambda t, x: batched(score_fn, sde, t, x, probes)
+
+    def field(t, x):
+        s, div = hook(x, t)
+        f, g2 = sde.drift_coeff(t), sde.diffusion_sq(t)
+        return f * x - 0.5 * g2 * s, (x[0].size * f - 0.5 * g2 * div)[:, None]
+
+    return field
+
+
 def _worst_sample_rms(err) -> Array:
     """Error norm of a shared-step batch solve: the largest per-sample RMS of the scaled error, so the
     step size controls EVERY sample's local error (an RMS over the flattened batch controls only an
@@ -129,12 +154,18 @@ def _worst_sample_rms(err) -> Array:
 
 
 def _solve(field, y0, tols, solver, max_steps, norm):
+    """One adaptive diffrax solve of dy/dt = field(t, y) over [tols[2], tols[3]]; returns
+    (y(T), attempted steps, vector-field evaluations, success)."""
     kw = {} if norm is None else {"norm": norm}  # None: diffrax's default RMS norm
     controller = diffrax.PIDController(rtol=tols[0], atol=tols[1], **kw)
-    return diffrax.diffeqsolve(
-        diffrax.ODETerm(field), solver, t0=tols[2], t1=tols[3], dt0=None, y0=y0,
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, args: field(t, y)), solver, t0=tols[2], t1=tols[3], dt0=None, y0=y0,
         stepsize_controller=controller, max_steps=max_steps, throw=False,
     )
+    num_steps = sol.stats["num_steps"]
+    per_step = evaluations_per_step(solver)
+    nfe = num_steps * per_step + 1 if per_step > 0 else jnp.full_like(num_steps, -1)
+    return jax.tree.map(lambda v: v[-1], sol.ys), num_steps, nfe, sol.result == diffrax.RESULTS.successful
 
 
 @eqx.filter_jit
@@ -145,24 +176,22 @@ def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_ste
     y0 = (x, jnp.zeros((n, n_div), dtype=x.dtype))
     probe_axis = None if probes is None else 0
     if shared:
-        batched_field = jax.vmap(_field_one, in_axes=(None, None, None, 0, probe_axis))
-        sol = _solve(lambda t, y, a: batched_field(score_fn, sde, t, y[0], probes), y0, tols, solver, max_steps, _worst_sample_rms)
-        x_T, delta = sol.ys[0][-1], sol.ys[1][-1]
-        num_steps = jnp.full((n,), sol.stats["num_steps"])
-        solved = jnp.full((n,), sol.result == diffrax.RESULTS.successful)
+        batched_field = probability_flow_field(score_fn, sde, probes)
+        (x_T, delta), num_steps, nfe, solved = _solve(
+            lambda t, y: batched_field(t, y[0]), y0, tols, solver, max_steps, _worst_sample_rms)
+        num_steps, nfe, solved = (jnp.full((n,), v) for v in (num_steps, nfe, solved))
     else:
 
         def one(xi, pi, di):
-            sol = _solve(lambda t, y, a: _field_one(score_fn, sde, t, y[0], pi), (xi, di), tols, solver, max_steps, None)
-            return sol.ys[0][-1], sol.ys[1][-1], sol.stats["num_steps"], sol.result == diffrax.RESULTS.successful
+            (x_T, delta), num_steps, nfe, solved = _solve(
+                lambda t, y: _field_one(score_fn, sde, t, y[0], pi), (xi, di), tols, solver, max_steps, None)
+            return x_T, delta, num_steps, nfe, solved
 
-        x_T, delta, num_steps, solved = jax.vmap(one, in_axes=(0, probe_axis, 0))(x, probes, y0[1])
+        x_T, delta, num_steps, nfe, solved = jax.vmap(one, in_axes=(0, probe_axis, 0))(x, probes, y0[1])
     prior = jax.vmap(prior_log_prob)(x_T)
     log_p = prior[:, None] + delta
     finite = jnp.all(jnp.isfinite(log_p), axis=1) & jnp.all(jnp.isfinite(x_T.reshape(n, -1)), axis=1)
     ok = solved & finite
-    per_step = evaluations_per_step(solver)
-    nfe = num_steps * per_step + 1 if per_step > 0 else jnp.full_like(num_steps, -1)
     mean = jnp.mean(log_p, axis=1)
     stderr = jnp.std(log_p, axis=1, ddof=1) / math.sqrt(n_div) if n_div > 1 else jnp.full_like(mean, jnp.nan)
     result = LikelihoodResult(
@@ -272,7 +301,8 @@ def ode_log_likelihood(
     tols = np.asarray([rtol, atol, t0, t1], dtype=x.dtype)  # traced: a new tolerance does not recompile
     if steps not in ("shared", "per_sample"):
         raise ValueError(f"steps must be 'shared' or 'per_sample'; got {steps!r}.")
-    result, ok, n_bad = _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, int(max_steps), steps == "shared")
+    result, ok, n_bad = _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, int(max_steps),
+                                     steps == "shared")
     log_prob = check_solves(result.log_prob, ok, what="probability-flow ODE likelihood", max_steps=max_steps, n_bad=n_bad)
     if log_prob is result.log_prob:
         return result

@@ -24,6 +24,7 @@ from numerics.sde import SDE, check_time
 __all__ = ["GaussianMixture", "MixtureScore"]
 
 _LOG_2PI = float(np.log(2 * np.pi))
+_UNROLL_DIM = 8  # up to this dimension, eigenbasis products are written out (no dot on XLA:CPU)
 
 
 def _is_concrete(*xs) -> bool:
@@ -187,6 +188,29 @@ class GaussianMixture(eqx.Module):
         tr_p = jnp.sum(1.0 / self.eigvals, -1)
         return s, w @ (jnp.sum(g**2, -1) - tr_p) - jnp.sum(s**2)
 
+    def _score_and_laplacian_batch(self, x: Float[Array, "N D"]) -> tuple[Float[Array, "N D"], Float[Array, " N"]]:
+        """(∇ log q, Δ log q) for a batch, the formulas of :meth:`_score_and_laplacian1` laid out
+        for XLA:CPU: the component axis leads, the batch axis is the contiguous one, and the
+        products with the eigenbases are written out elementwise (D ≤ _UNROLL_DIM; above, the
+        per-sample form is vmapped). XLA:CPU hands every dot to a library call whose fixed cost
+        dwarfs a 2×2 product: in a compiled loop one evaluation for 8 points of a 2-D, 8-component
+        mixture costs 0.7 µs instead of 2.0 µs, and 30 µs instead of 44 µs for 1000 points."""
+        if self.dim > _UNROLL_DIM:  # dots pay off; the per-sample form vmapped was the faster one in a solve
+            return jax.vmap(self._score_and_laplacian1)(x)
+        inv_lam = 1.0 / self.eigvals  # (K, D)
+        log_norm = self.log_weights - 0.5 * (jnp.sum(jnp.log(self.eigvals), -1) + self.dim * _LOG_2PI)  # (K,)
+        d, u = self.dim, self.eigvecs
+        diff = [x[:, j][None, :] - self.means[:, j][:, None] for j in range(d)]  # D × (K, N)
+        y = [sum(u[:, j, i][:, None] * diff[j] for j in range(d)) for i in range(d)]  # U_kᵀ(x − μ_k)
+        y_scaled = [y[i] * inv_lam[:, i][:, None] for i in range(d)]  # Λ_k^{-1} U_kᵀ(x − μ_k) = −U_kᵀ g_k
+        quad = sum(y[i] * y_scaled[i] for i in range(d))
+        sq_g = sum(v * v for v in y_scaled)  # ‖g_k‖²
+        w = jax.nn.softmax(log_norm[:, None] - 0.5 * quad, axis=0)  # responsibilities, (K, N)
+        s = jnp.stack([-jnp.sum(w * sum(u[:, e, i][:, None] * y_scaled[i] for i in range(d)), 0)
+                       for e in range(d)], -1)  # (N, D)
+        lap = jnp.sum(w * (sq_g - jnp.sum(inv_lam, -1)[:, None]), 0) - jnp.sum(s * s, -1)
+        return s, lap
+
     def _grad_laplacian1(self, x):
         # THEORY.md §6.3: ∇Δ log q = Σ_k w_k[(‖g_k‖² − tr P_k) g_k − 2 P_k g_k] − (tr(M2) s + 2 M2 s) + 2‖s‖² s
         w, g, s, m2 = self._m2_and_score(x)
@@ -286,3 +310,8 @@ class MixtureScore(eqx.Module):
         """(∇ log q_t(x), Δ log q_t(x)) in closed form: the exact divergence for
         :func:`numerics.likelihood.ode_log_likelihood` at O(K D²) instead of D Jacobian-vector products."""
         return self._at(t)._score_and_laplacian1(x)
+
+    def score_and_divergence_batch(self, x: Float[Array, "N D"], t) -> tuple[Float[Array, "N D"], Float[Array, " N"]]:
+        """:meth:`score_and_divergence` for a batch at one time t, laid out for a batch (see
+        ``GaussianMixture._score_and_laplacian_batch``); used by the shared-step likelihood."""
+        return self._at(t)._score_and_laplacian_batch(x)

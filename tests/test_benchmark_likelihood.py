@@ -3,7 +3,7 @@
 Every frontier — the in-graph likelihood with diffrax Tsit5 and Dopri8, the ScoreFlow-style scipy
 solve with RK45 and DOP853 — must give a finite worst-case error below 1e-2 nats against the exact
 mixture log-density (an independent truth) with no compilation during the timed calls; the scipy
-right-hand side must be the probability-flow field of ``score_and_divergence`` (checked against an
+right-hand side must be the probability-flow field (checked against an
 autodiff Jacobian trace); and the frontier comparison helpers must behave on hand-made frontiers.
 """
 
