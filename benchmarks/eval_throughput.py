@@ -17,8 +17,8 @@ trajectory, rtol = atol = ``--tol`` (default 1e-5), and report bits/dim of unifo
 * **scipy host loop** — the public ScoreFlow code's evaluation: the batch flattened into one system
   y = [x.ravel(), Δlog p] (float64 on the host, as scipy keeps it), ``scipy.integrate.solve_ivp(fun,
   (t_min, T), y0, method="RK45", rtol, atol)``, and per function evaluation ONE jitted device call
-  that returns the drift and the Hutchinson divergence of the whole batch (the same per-sample field
-  as the in-graph side: ``numerics.likelihood._field_one``) plus the device↔numpy conversions.
+  that returns the drift and the Hutchinson divergence of the whole batch (the same field
+  as the in-graph side: ``numerics.likelihood.probability_flow_field``) plus the device↔numpy conversions.
   ``benchmarks/likelihood.py``'s ``ScipyFlatODE`` is written for the exact mixture score on (N, D)
   data in float64 only, so the loop for an image network in either dtype is written here.
 
@@ -103,7 +103,7 @@ import scipy  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 import numerics  # noqa: E402  (enables float64)
-from numerics.likelihood import _field_one, bits_per_dim, ode_log_likelihood  # noqa: E402
+from numerics.likelihood import bits_per_dim, ode_log_likelihood, probability_flow_field  # noqa: E402
 from training.configs import ModelConfig  # noqa: E402
 from training.data import dequantize, load_digits  # noqa: E402
 from training.networks.ddpmpp import ChannelsLastConv2d  # noqa: E402
@@ -330,7 +330,7 @@ class ScipyHostLoop:
     """ScoreFlow-style evaluation: one flattened system y = [x.ravel(), Δlog p] integrated by scipy's
     ``solve_ivp`` on the host; per function evaluation ONE jitted device call computes, for the whole
     batch, the probability-flow drift and the Hutchinson divergence term with fixed probes (the
-    in-graph side's per-sample field, ``numerics.likelihood._field_one``, vmapped).
+    in-graph side's field, ``numerics.likelihood.probability_flow_field``).
 
     The network's parameters are arguments of the jitted function (not constants folded into the
     program), as in the in-graph solve. ``dtype``: the precision of the device computation (scipy's
@@ -351,7 +351,7 @@ class ScipyHostLoop:
         def rhs(params, probes, t, y):
             score = eqx.combine(params, static)
             xt = y[: n * d].reshape(shape)
-            dx, ddiv = jax.vmap(_field_one, in_axes=(None, None, None, 0, 0))(score, sde, t, xt, probes)
+            dx, ddiv = probability_flow_field(score, sde, probes)(t, xt)
             return jnp.concatenate([dx.reshape(-1), ddiv[:, 0]])
 
         self._rhs = jax.jit(rhs)
