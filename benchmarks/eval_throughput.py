@@ -103,6 +103,7 @@ import scipy  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 import numerics  # noqa: E402  (enables float64)
+from benchmarks._compiles import compile_count  # noqa: E402
 from numerics.likelihood import bits_per_dim, ode_log_likelihood, probability_flow_field  # noqa: E402
 from training.configs import ModelConfig  # noqa: E402
 from training.data import dequantize, load_digits  # noqa: E402
@@ -130,23 +131,6 @@ __all__ = [
 ]
 
 DTYPES = {"float64": jnp.float64, "float32": jnp.float32}
-
-# --- compile counting ----------------------------------------------------------------------------
-_COMPILES = [0]
-
-
-def _on_event(name: str, *args, **kwargs) -> None:
-    if name == "/jax/core/compile/backend_compile_duration":
-        _COMPILES[0] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
-def compile_count() -> int:
-    """XLA backend compilations so far in this process."""
-    return _COMPILES[0]
-
 
 # --- cases ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)

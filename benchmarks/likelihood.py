@@ -70,6 +70,7 @@ import scipy  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 import numerics  # noqa: E402  (enables float64)
+from benchmarks._compiles import compile_count  # noqa: E402
 from numerics.__main__ import demo_mixture  # noqa: E402
 from numerics.likelihood import ode_log_likelihood, probability_flow_field  # noqa: E402
 
@@ -103,23 +104,6 @@ QUICK_TOLS_OURS = [1e-3, 1e-5, 1e-7]
 QUICK_TOLS_DOPRI8 = [1e-4, 1e-7]
 QUICK_TOLS_SCIPY = [1e-3, 1e-5, 1e-7, 1e-9]
 QUICK_TOLS_DOP853 = [1e-5, 1e-9]
-
-# --- compile counting ----------------------------------------------------------------------------
-_COMPILES = [0]
-
-
-def _on_event(name: str, *args, **kwargs) -> None:
-    if name == "/jax/core/compile/backend_compile_duration":
-        _COMPILES[0] += 1
-
-
-jax.monitoring.register_event_duration_secs_listener(_on_event)
-
-
-def compile_count() -> int:
-    """Number of XLA backend compilations so far in this process."""
-    return _COMPILES[0]
-
 
 # --- cases ---------------------------------------------------------------------------------------
 @dataclass
