@@ -143,14 +143,12 @@ def probability_flow_field(score_fn: Callable, sde: SDE, probes: Float[Array, "N
     return field
 
 
-def _worst_sample_rms(err) -> Array:
-    """Error norm of a shared-step batch solve: the largest per-sample RMS of the scaled error, so the
-    step size controls EVERY sample's local error (an RMS over the flattened batch controls only an
-    average — the public code's weakness)."""
-    x_err, d_err = err
-    n = x_err.shape[0]
-    sq = jnp.sum(jnp.square(x_err.reshape(n, -1)), axis=1) + jnp.sum(jnp.square(d_err.reshape(n, -1)), axis=1)
-    return jnp.sqrt(jnp.max(sq) / (x_err[0].size + d_err[0].size))
+def _worst_sample_rms(err: Float[Array, "N M"]) -> Array:
+    """Error norm of a shared-step batch solve over the flat state (N, M) (each row: one sample's x
+    and its log-det accumulators): the largest per-sample RMS of the scaled error, so the step size
+    controls EVERY sample's local error (an RMS over the flattened batch controls only an average —
+    the public code's weakness)."""
+    return jnp.sqrt(jnp.max(jnp.mean(jnp.square(err), axis=1)))
 
 
 def _solve(field, y0, tols, solver, max_steps, norm):
@@ -176,9 +174,18 @@ def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_ste
     y0 = (x, jnp.zeros((n, n_div), dtype=x.dtype))
     probe_axis = None if probes is None else 0
     if shared:
+        # One flat state (N, M + n_div) per sample row: half the Runge–Kutta stage arithmetic of a
+        # (x, log-det) tuple, ~20% of a step at batch 8 on CPU.
+        m = math.prod(x.shape[1:])
         batched_field = probability_flow_field(score_fn, sde, probes)
-        (x_T, delta), num_steps, nfe, solved = _solve(
-            lambda t, y: batched_field(t, y[0]), y0, tols, solver, max_steps, _worst_sample_rms)
+
+        def flat_field(t, y):
+            dx, ddelta = batched_field(t, y[:, :m].reshape(x.shape))
+            return jnp.concatenate([dx.reshape(n, m), ddelta], axis=1)
+
+        y_T, num_steps, nfe, solved = _solve(
+            flat_field, jnp.concatenate([x.reshape(n, m), y0[1]], axis=1), tols, solver, max_steps, _worst_sample_rms)
+        x_T, delta = y_T[:, :m].reshape(x.shape), y_T[:, m:]
         num_steps, nfe, solved = (jnp.full((n,), v) for v in (num_steps, nfe, solved))
     else:
 
