@@ -333,12 +333,12 @@ def digits_workdir(tmp_path_factory):
 
 
 def test_digits_vlb_with_discrete_decoder_and_bound_in_bits_per_dim(digits_workdir, capsys):
-    """8-bit digits, --limit 8: the VLB with VDM's discrete decoder on the pixels (no dequantisation)
-    with its three terms, and the uniformly dequantised bound, in bits/dim: finite, positive, the
-    bound's bits/dim = nats/(D ln 2) + 8 − log₂ 2, the VLB's = nats/(D ln 2) and its total the sum of
-    its terms. --dequant variational without a trained dequantiser is a clear error."""
+    """8-bit digits, --limit 8, --vlb-data discrete: the VLB with VDM's discrete decoder on the pixels
+    (no dequantisation) with its three terms, and the uniformly dequantised bound, in bits/dim: finite,
+    positive, the bound's bits/dim = nats/(D ln 2) + 8 − log₂ 2, the VLB's = nats/(D ln 2) and its
+    total the sum of its terms."""
     assert main(["eval", "--workdir", digits_workdir, "--limit", "8", "--batch-size", "8", "--metrics", "vlb,bound",
-                 "--bound-draws", "2", "--vlb-draws", "2", "--no-progress"]) == 0
+                 "--bound-draws", "2", "--vlb-draws", "2", "--vlb-data", "discrete", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "bits/dim" in out
     with open(os.path.join(digits_workdir, "eval_step0_uniform.json")) as f:
@@ -359,6 +359,47 @@ def test_digits_vlb_with_discrete_decoder_and_bound_in_bits_per_dim(digits_workd
     assert vlb["bits_per_dim"]["mean"] == pytest.approx(sum(vlb["terms"][t]["bits_per_dim"]["mean"] for t in vlb["terms"]))
     assert vlb["bits_per_dim"]["mean"] == pytest.approx(vlb["nats"]["mean"] / (D * math.log(2)))
     assert bound["bits_per_dim"]["mean"] == pytest.approx(bound["nats"]["mean"] / (D * math.log(2)) + 7.0)
+
+
+def test_vlb_data_follows_the_training_data():
+    """--vlb-data auto evaluates the VLB on the data the model was trained on: VDM's discrete decoder
+    only for VDM training on the 8-bit pixels; dequantised data for DSM models and for VDM with
+    loss.vdm_data=continuous; the Gaussian decoder for mixtures. Explicit choices win on images and are
+    a clear error on continuous data."""
+    from training.eval_run import EvalError, vlb_data_mode
+
+    assert vlb_data_mode(get_config("digits"), "image") == "dequantized"  # DSM on dequantised digits
+    assert vlb_data_mode(get_config("digits_vdm"), "image") == "discrete"
+    assert vlb_data_mode(get_config("digits_vdm", ["loss.vdm_data=continuous"]), "image") == "dequantized"
+    assert vlb_data_mode(get_config("cifar10_vdm"), "image") == "discrete"
+    assert vlb_data_mode(get_config("cifar10_vp_ddpmpp_g2_is"), "image") == "dequantized"
+    assert vlb_data_mode(get_config("mixture2d_vdm"), "continuous") == "continuous"
+    assert vlb_data_mode(get_config("digits_vdm"), "image", "dequantized") == "dequantized"
+    assert vlb_data_mode(get_config("digits"), "image", "discrete") == "discrete"
+    with pytest.raises(EvalError, match="--vlb-data discrete applies to 8-bit image data.*drop --vlb-data"):
+        vlb_data_mode(get_config("mixture2d_vdm"), "continuous", "discrete")
+    with pytest.raises(EvalError, match="--vlb-data must be one of auto, discrete, dequantized"):
+        vlb_data_mode(get_config("digits"), "image", "pixels")
+
+
+def test_digits_vlb_on_dequantised_data_is_paired_with_the_bound(digits_workdir):
+    """A DSM model of the digits (trained on uniformly dequantised data): by default its VLB uses the
+    Gaussian decoder on the SAME dequantised images as the bound (--dequant), so its bits/dim carry
+    the same offset 8 − log₂ 2 as the bound's, and its terms (nats/(D ln 2) each) sum to the total
+    without it."""
+    out = os.path.join(digits_workdir, "vlb_dequantized.json")
+    assert main(["eval", "--workdir", digits_workdir, "--limit", "8", "--batch-size", "8", "--metrics", "vlb,bound",
+                 "--bound-draws", "2", "--vlb-draws", "2", "--no-progress", "--out", out]) == 0
+    with open(out) as f:
+        r = json.load(f)["results"]
+    D = 64
+    vlb, bound = r["vlb"], r["bound"]
+    assert vlb["decoder"] == "gaussian" and vlb["data"] == "dequantized"
+    assert vlb["dequantization"] == bound["dequantization"] == "uniform"
+    assert vlb["bits_per_dim"]["mean"] == pytest.approx(vlb["nats"]["mean"] / (D * math.log(2)) + 7.0)
+    terms_bpd = sum(vlb["terms"][t]["bits_per_dim"]["mean"] for t in ("prior", "reconstruction", "diffusion"))
+    assert terms_bpd == pytest.approx(vlb["bits_per_dim"]["mean"] - 7.0)
+    assert np.isfinite(vlb["nats"]["mean"]) and vlb["nats"]["se"] > 0
 
 
 class _FakeDequant:
@@ -394,21 +435,24 @@ def test_variational_dequantisation_adds_log_q_and_fails_clearly_without_a_dequa
     the fix."""
     import training
 
-    common = ["eval", "--workdir", digits_workdir, "--limit", "8", "--batch-size", "8", "--metrics", "bound",
-              "--bound-draws", "2", "--no-progress"]
+    common = ["eval", "--workdir", digits_workdir, "--limit", "8", "--batch-size", "8", "--metrics", "bound,vlb",
+              "--bound-draws", "2", "--vlb-draws", "2", "--no-progress"]
     fake = _FakeDequant(saved=True)
     monkeypatch.setitem(sys.modules, "training.dequant", fake)
     monkeypatch.setattr(training, "dequant", fake, raising=False)
     assert main(common + ["--dequant", "variational"]) == 0
     with open(os.path.join(digits_workdir, "eval_step0_variational.json")) as f:
-        var = json.load(f)["results"]["bound"]
+        var_all = json.load(f)["results"]
     assert main(common) == 0
     with open(os.path.join(digits_workdir, "eval_step0_uniform.json")) as f:
-        uni = json.load(f)["results"]["bound"]
-    assert var["dequantization"].startswith("variational-") and uni["dequantization"] == "uniform"
-    assert var["mean_log_q_nats"] == pytest.approx(3.0)
-    assert var["bits_per_dim"]["mean"] == pytest.approx(uni["bits_per_dim"]["mean"] + 3.0 / (64 * math.log(2)), abs=1e-9)
-    assert var["nats"]["mean"] == pytest.approx(uni["nats"]["mean"] + 3.0, abs=1e-9)
+        uni_all = json.load(f)["results"]
+    for m in ("bound", "vlb"):  # the VLB of this DSM model is on the same dequantised data (--vlb-data auto)
+        var, uni = var_all[m], uni_all[m]
+        assert var["dequantization"].startswith("variational-") and uni["dequantization"] == "uniform"
+        assert var["mean_log_q_nats"] == pytest.approx(3.0)
+        assert var["bits_per_dim"]["mean"] == pytest.approx(uni["bits_per_dim"]["mean"] + 3.0 / (64 * math.log(2)),
+                                                            abs=1e-9)
+        assert var["nats"]["mean"] == pytest.approx(uni["nats"]["mean"] + 3.0, abs=1e-9)
 
     capsys.readouterr()
     monkeypatch.setattr(fake, "saved", False)

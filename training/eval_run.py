@@ -5,7 +5,8 @@ Usage::
 
     python -m training eval --workdir DIR [--metrics ode,bound,vlb] [--step N] [--no-ema]
         [--batch-size 128] [--n-probes 4] [--divergence auto] [--tol 1e-5] [--bound-draws 16]
-        [--vlb-draws 16] [--vlb-t is|uniform] [--dequant uniform|variational] [--seed 0] [--limit N]
+        [--vlb-draws 16] [--vlb-t is|uniform] [--vlb-data auto|discrete|dequantized]
+        [--dequant uniform|variational] [--seed 0] [--limit N]
         [--num-examples 4096] [--data-seed 0] [--data-dir DIR] [--split test] [--out FILE]
 
 **Test set** (from ``DIR/config.json``, ``data``): ``cifar10`` is the test split of the archive at
@@ -33,11 +34,16 @@ the reported SE of a mean is the spread over examples / √n (it contains the MC
   ``--vlb-t is`` (default) takes the same prior and reconstruction terms (numerics.vdm) and
   estimates the same L_∞ = ½∫γ'(t)‖ε − ε̂‖²dt at t ~ p(t) ∝ γ'(t) = g²/σ² (THEORY.md §2.6, §4.7),
   stratified over the draws: for the VP SDE with t_min = 1e-5 uniform t leaves a variance that grows
-  like 1/t_min (STACK_NOTES pitfall 7), importance sampling removes it. Images: VDM's discrete
-  decoder on the 8-bit pixels (App. C), a bound on −log P(k) with no dequantisation, bits/dim =
-  nats/(D ln 2). Continuous data: the Gaussian decoder.
+  like 1/t_min (STACK_NOTES pitfall 7), importance sampling removes it. Images (``--vlb-data``,
+  default ``auto`` = the data the model was trained on, ``training.objectives.uses_discrete_data``):
+  ``discrete`` — VDM's discrete decoder on the 8-bit pixels (App. C), a bound on −log P(k) with no
+  dequantisation, bits/dim = nats/(D ln 2); the default for a model trained with it (``cifar10_vdm``,
+  ``digits_vdm``). ``dequantized`` — the Gaussian decoder on the same dequantised data as ``ode``
+  and ``bound`` (``--dequant``), bits/dim as theirs, so the three are paired; the default for a model
+  trained on dequantised data (every DSM config, ``loss.vdm_data=continuous``). Continuous data: the
+  Gaussian decoder.
 
-**Images, dequantisation** (``ode`` and ``bound``; THEORY.md §2.9): ``--dequant uniform`` uses
+**Images, dequantisation** (``ode``, ``bound``, and ``vlb`` with ``--vlb-data dequantized``; THEORY.md §2.9): ``--dequant uniform`` uses
 y = (k + u)/256, u ~ U[0,1)^D (:func:`training.data.dequantize`); ``--dequant variational`` uses the
 q(u|k) flow trained by ``python -m training dequant --workdir DIR`` (:mod:`training.dequant`) and
 reports E_q[−log p(x) + log q(u|k)] (Ho et al. 2019; Song et al. 2021 §5). In both cases
@@ -92,9 +98,11 @@ __all__ = [
     "load_test_set",
     "evaluate_workdir",
     "summary_path",
+    "vlb_data_mode",
 ]
 
 METRICS: tuple[str, ...] = ("ode", "bound", "vlb")
+VLB_DATA: tuple[str, ...] = ("auto", "discrete", "dequantized")
 SCHEMA = "training.eval_run/1"
 EXACT_MAX_DIM = 16  # training.evaluate.ode_nll's default: exact trace up to D = 16
 TEST_SET_FOLD = 0x7E57  # mixture test set: fold_in(key(data_seed), TEST_SET_FOLD)
@@ -125,6 +133,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vlb-draws", type=int, default=16, help="Monte Carlo draws of t per example (vlb)")
     p.add_argument("--vlb-t", choices=("is", "uniform"), default="is",
                    help="vlb time sampling: is = importance-sampled, stratified (default); uniform = VDM's antithetic")
+    p.add_argument("--vlb-data", choices=VLB_DATA, default="auto",
+                   help="images, vlb: discrete = VDM's discrete decoder on the pixels; dequantized = Gaussian decoder "
+                        "on the dequantised data of ode/bound; auto (default) = what the model was trained on")
     p.add_argument("--dequant", choices=("uniform", "variational"), default="uniform",
                    help="dequantisation of 8-bit images for ode and bound (variational: python -m training dequant)")
     p.add_argument("--seed", type=int, default=0, help="seed of every Monte Carlo draw (per batch: fold_in(seed, batch))")
@@ -145,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         summary = evaluate_workdir(
             args.workdir, step=args.step, ema=args.ema, metrics=args.metrics, batch_size=args.batch_size,
             n_probes=args.n_probes, divergence=args.divergence, tol=args.tol, bound_draws=args.bound_draws,
-            vlb_draws=args.vlb_draws, vlb_t=args.vlb_t, dequant=args.dequant, seed=args.seed, limit=args.limit,
+            vlb_draws=args.vlb_draws, vlb_t=args.vlb_t, vlb_data=args.vlb_data, dequant=args.dequant, seed=args.seed, limit=args.limit,
             num_examples=args.num_examples, data_seed=args.data_seed, data_dir=args.data_dir, split=args.split,
             out=args.out, progress=args.progress,
         )
@@ -173,6 +184,7 @@ class _Options:
     bound_draws: int
     vlb_draws: int
     vlb_t: str
+    vlb_data: str
     dequant: str
     seed: int
     limit: int | None
@@ -457,10 +469,31 @@ def _vlb_draw(kind, *args):
     return _VLB_DRAW[kind](*args)
 
 
+def vlb_data_mode(cfg, kind: str, vlb_data: str = "auto") -> str:
+    """The data the ``vlb`` metric is evaluated on: ``"continuous"`` for continuous test data; for
+    8-bit images ``"discrete"`` (VDM's discrete decoder on the pixels, Kingma et al. 2021 App. C) or
+    ``"dequantized"`` (the Gaussian decoder on the dequantised data of ``ode`` and ``bound``).
+    ``vlb_data="auto"`` takes the one the model was trained on (``training.objectives.uses_discrete_data``:
+    discrete only for VDM training with ``loss.vdm_data`` discrete, or auto on images)."""
+    if vlb_data not in VLB_DATA:
+        raise EvalError(f"--vlb-data must be one of {', '.join(VLB_DATA)}; got {vlb_data!r}.")
+    if kind == "continuous":
+        if vlb_data != "auto":
+            raise EvalError(f"--vlb-data {vlb_data} applies to 8-bit image data; this test set is continuous: "
+                            "drop --vlb-data.")
+        return "continuous"
+    if vlb_data != "auto":
+        return vlb_data
+    from training.objectives import uses_discrete_data
+
+    return "discrete" if uses_discrete_data(cfg) else "dequantized"
+
+
 class _Evaluator:
     """Computes one metric on one (padded, sharded) batch; all randomness from the batch key."""
 
-    def __init__(self, model, sde, test: TestSet, opts: _Options, mesh, deq=None, deq_fn=None):
+    def __init__(self, model, sde, test: TestSet, opts: _Options, mesh, deq=None, deq_fn=None,
+                 vlb_mode: str = "continuous"):
         import jax
         import equinox as eqx
 
@@ -478,6 +511,7 @@ class _Evaluator:
         self.base_key = jax.random.key(int(opts.seed))
         self.dims = test.dims
         self.divergence = opts.divergence
+        self.vlb_mode = vlb_mode  # "discrete" | "dequantized" (images) | "continuous" (vlb_data_mode)
         if self.divergence == "auto":
             self.divergence = "exact" if self.dims <= EXACT_MAX_DIM else "hutchinson"
 
@@ -556,11 +590,12 @@ class _Evaluator:
         """VDM's −VLB (Kingma et al. 2021 Eq. 11, 17) by numerics.vdm.vdm_loss, per-example mean of draws."""
         import jax
 
-        _, _, idx = self.rows(b)
-        if self.test.kind == "image":
+        log_q = None
+        if self.vlb_mode == "discrete":
+            _, _, idx = self.rows(b)
             x, data = self.shard(self.test.examples[idx].astype(np.int32)), "discrete"
-        else:
-            x, data = self.shard(self.test.examples[idx].astype(np.float64)), "continuous"
+        else:  # the same (dequantised) data as ode and bound: paired with them
+            (x, log_q), data = self.continuous_batch(b), "continuous"
         k = self.key(b, _KEY_VLB)
         n = self.opts.vlb_draws
         draws = []
@@ -571,7 +606,7 @@ class _Evaluator:
                                    np.asarray(diff, np.float64)]))
         d = np.stack(draws, axis=-1)  # (3 terms, B, draws)
         total = d.sum(axis=0)
-        return dict(nats=total.mean(-1), se=total.std(-1, ddof=1) / math.sqrt(n),
+        return dict(nats=total.mean(-1), se=total.std(-1, ddof=1) / math.sqrt(n), log_q=log_q,
                     terms={"prior": d[0].mean(-1), "reconstruction": d[1].mean(-1), "diffusion": d[2].mean(-1)})
 
 
@@ -694,6 +729,7 @@ def evaluate_workdir(
     bound_draws: int = 16,
     vlb_draws: int = 16,
     vlb_t: str = "is",
+    vlb_data: str = "auto",
     dequant: str = "uniform",
     seed: int = 0,
     limit: int | None = None,
@@ -711,7 +747,7 @@ def evaluate_workdir(
     cfg_dict, step = _check_workdir(workdir, step)
     opts = _Options(
         metrics=_parse_metrics(metrics), batch_size=batch_size, n_probes=n_probes, divergence=divergence, tol=tol,
-        bound_draws=bound_draws, vlb_draws=vlb_draws, vlb_t=vlb_t, dequant=dequant, seed=seed, limit=limit,
+        bound_draws=bound_draws, vlb_draws=vlb_draws, vlb_t=vlb_t, vlb_data=vlb_data, dequant=dequant, seed=seed, limit=limit,
         num_examples=num_examples, data_seed=data_seed, data_dir=data_dir, split=split,
     )
     _positive("--batch-size", opts.batch_size)
@@ -753,29 +789,32 @@ def evaluate_workdir(
                          data_dir=opts.data_dir, split=opts.split)
     if len(test) == 0:
         raise EvalError("the test set is empty (check --limit / --num-examples).")
+    vlb_mode = vlb_data_mode(cfg, test.kind, opts.vlb_data)
     deq = deq_fn = None
     deq_label = "continuous" if test.kind == "continuous" else opts.dequant
-    if test.kind == "image" and opts.dequant == "variational" and ({"ode", "bound"} & set(opts.metrics)):
+    uses_deq = {"ode", "bound"} | ({"vlb"} if vlb_mode == "dequantized" else set())
+    if test.kind == "image" and opts.dequant == "variational" and (uses_deq & set(opts.metrics)):
         deq, deq_fn = _load_dequantizer(workdir)
         deq_label = f"variational-{_fingerprint(deq)}"
 
     t_start = time.time()
     model, cfg, sde, step = _load_model(workdir, step, ema, cfg_dict, opts.data_dir)
-    ev = _Evaluator(model, sde, test, opts, mesh, deq, deq_fn)
+    ev = _Evaluator(model, sde, test, opts, mesh, deq, deq_fn, vlb_mode)
 
     N, B = len(test), opts.batch_size
     n_batches = -(-N // B)
     tag = f"step{step}-{'ema' if ema else 'raw'}-seed{opts.seed}-bs{B}-{test.tag}"
     eval_dir = os.path.join(workdir, "eval", tag)
     deq_of = {"ode": deq_label, "bound": deq_label,
-              "vlb": "none (discrete decoder on the 8-bit pixels)" if test.kind == "image" else "continuous"}
+              "vlb": "none (discrete decoder on the 8-bit pixels)" if vlb_mode == "discrete" else deq_label}
     file_names = {
         # the adaptive steps of a shared-step solve depend on how the batch is split over devices
         # (up to ~4e-3 nats at tol 1e-5), so a resume on another device count starts a new file
         "ode": (f"ode-{deq_label}-{ev.divergence}{opts.n_probes if ev.divergence == 'hutchinson' else ''}"
                 f"-tol{opts.tol:g}-dev{n_dev}.jsonl"),
         "bound": f"bound-{deq_label}-g2_is-draws{opts.bound_draws}.jsonl",
-        "vlb": f"vlb-{'discrete' if test.kind == 'image' else 'gaussian'}-t{opts.vlb_t}-draws{opts.vlb_draws}.jsonl",
+        "vlb": (f"vlb-{'discrete' if vlb_mode == 'discrete' else 'gaussian'}"
+                f"{'-' + deq_label if vlb_mode == 'dequantized' else ''}-t{opts.vlb_t}-draws{opts.vlb_draws}.jsonl"),
     }
     compute = {"ode": ev.ode, "bound": ev.bound, "vlb": ev.vlb}
 
@@ -862,11 +901,14 @@ def _summarise(records, test: TestSet, opts: _Options, ev: _Evaluator, step, ema
                      weighting="g2_is", n_draws=opts.bound_draws, eps=float(sde.t_min))
             r.update(_units(nats, se, test, image_bpd="dequantized"))
         else:
+            discrete = ev.vlb_mode == "discrete"
             r.update(description="VDM −VLB = prior + reconstruction + diffusion L_∞ (Kingma et al. 2021 Eq. 11, 17)",
-                     decoder="discrete" if test.kind == "image" else "gaussian", n_draws=opts.vlb_draws,
+                     decoder="discrete" if discrete else "gaussian", data=ev.vlb_mode, n_draws=opts.vlb_draws,
                      time_sampling=("importance-sampled p(t) ∝ g²/σ², stratified over the draws" if opts.vlb_t == "is"
                                     else "uniform, antithetic over the batch (numerics.vdm.vdm_loss)"))
-            r.update(_units(nats, se, test, image_bpd="discrete"))
+            r.update(_units(nats, se, test, image_bpd="discrete" if discrete else "dequantized"))
+            # the terms in nats/(D ln 2) each: for dequantised data without the offset 8 − log₂ 2 and the
+            # log q of the total, so that the terms always sum to −VLB(x) in the same unit
             r["terms"] = {t: _units(_collect(recs, n_batches, "terms", t), None, test, image_bpd="discrete")
                           for t in ("prior", "reconstruction", "diffusion")}
         if has_q:
@@ -877,7 +919,7 @@ def _summarise(records, test: TestSet, opts: _Options, ev: _Evaluator, step, ema
     gaps = {}
     if "ode" in per_metric_nats and "bound" in per_metric_nats:
         gaps["bound − ode"] = _paired(per_metric_nats["bound"], per_metric_nats["ode"], "nats")
-    if "ode" in per_metric_nats and "vlb" in per_metric_nats and test.kind == "continuous":
+    if "ode" in per_metric_nats and "vlb" in per_metric_nats and ev.vlb_mode != "discrete":
         gaps["vlb − ode"] = _paired(per_metric_nats["vlb"], per_metric_nats["ode"], "nats")
     if gaps:
         results["gaps"] = gaps
