@@ -14,31 +14,10 @@ import jax
 if os.environ.get("NUMERICS_ENABLE_X64", "1") != "0":
     jax.config.update("jax_enable_x64", True)
 
-from numerics.sde import (  # noqa: E402
-    SDE,
-    VPSDE,
-    SubVPSDE,
-    VESDE,
-    LogSNRSDE,
-    LinearGamma,
-    CosineGamma,
-    LogitGamma,
-    LiYanSDE,
-    check_time,
-)
+from numerics import sde as _sde  # noqa: E402
+from numerics.sde import *  # noqa: E402,F401,F403  (SDE, VPSDE, SubVPSDE, VESDE, LogSNRSDE, γ schedules, check_time)
 
-__all__ = [
-    "SDE",
-    "VPSDE",
-    "SubVPSDE",
-    "VESDE",
-    "LogSNRSDE",
-    "LinearGamma",
-    "CosineGamma",
-    "LogitGamma",
-    "LiYanSDE",
-    "check_time",
-]
+__all__ = list(_sde.__all__)
 
 from numerics.mixture import GaussianMixture, MixtureScore  # noqa: E402
 

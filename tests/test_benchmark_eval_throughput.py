@@ -7,27 +7,18 @@ and no compilation during the timed calls. The host loop must use exactly the Hu
 at tight tolerance), and the channels-last rewrite of the network must compute the same function.
 """
 
-import importlib.util
 import math
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "eval_throughput.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("benchmarks_eval_throughput_under_test", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("eval_throughput")
 
 
 def test_quick_run_agrees_and_is_positive(bench):

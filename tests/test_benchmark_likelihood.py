@@ -7,26 +7,17 @@ right-hand side must be the probability-flow field (checked against an
 autodiff Jacobian trace); and the frontier comparison helpers must behave on hand-made frontiers.
 """
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "likelihood.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("benchmarks_likelihood_under_test", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("likelihood")
 
 
 @pytest.fixture(scope="module")
