@@ -79,23 +79,24 @@ def tweedie_denoise(score_fn: Callable, sde: SDE, x: Float[Array, "N *event"], t
     return (x + var * _score_batch(score_fn, x, t)) / alpha
 
 
+def _reverse_chain(step: Callable, score_fn, sde, x_T, key, n_steps: int, denoise: bool):
+    """x ← step(x, t, t_next, key) over the uniform grid from T to t_min (one key per step), then
+    the optional Tweedie denoising at t_min: the loop shared by the reverse-time samplers."""
+    ts = time_grid(sde, n_steps, x_T.dtype)
+    inputs = (ts[:-1], ts[1:], jax.random.split(key, n_steps))
+    x, _ = jax.lax.scan(lambda x, inp: (step(x, *inp), None), x_T, inputs)
+    return tweedie_denoise(score_fn, sde, x, ts[-1]) if denoise else x
+
+
 @eqx.filter_jit
 def _euler_maruyama(score_fn, sde, x_T, key, n_steps, denoise):
-    ts = time_grid(sde, n_steps, x_T.dtype)
-    keys = jax.random.split(key, n_steps)
-
-    def step(x, inputs):
-        t, t_next, k = inputs
+    def step(x, t, t_next, k):
         dt = t - t_next
         f, g2 = sde.drift_coeff(t).astype(x.dtype), sde.diffusion_sq(t).astype(x.dtype)
         drift = f * x - g2 * _score_batch(score_fn, x, t)
-        x = x - drift * dt + jnp.sqrt(g2 * dt) * jax.random.normal(k, x.shape, x.dtype)
-        return x, None
+        return x - drift * dt + jnp.sqrt(g2 * dt) * jax.random.normal(k, x.shape, x.dtype)
 
-    x, _ = jax.lax.scan(step, x_T, (ts[:-1], ts[1:], keys))
-    if denoise:
-        x = tweedie_denoise(score_fn, sde, x, ts[-1])
-    return x
+    return _reverse_chain(step, score_fn, sde, x_T, key, n_steps, denoise)
 
 
 def euler_maruyama_sample(
@@ -117,15 +118,12 @@ def euler_maruyama_sample(
 
 @eqx.filter_jit
 def _predictor_corrector(score_fn, sde, x_T, key, n_steps, n_corrector, snr, denoise):
-    ts = time_grid(sde, n_steps, x_T.dtype)
-    keys = jax.random.split(key, n_steps)
     batch = x_T.shape[0]
 
     def norms(a):
         return jnp.mean(jnp.sqrt(jnp.sum(a.reshape(batch, -1) ** 2, axis=-1)))
 
-    def step(x, inputs):
-        t, t_next, k = inputs
+    def step(x, t, t_next, k):
         a = (sde.mean_coeff(t) / sde.mean_coeff(t_next)).astype(x.dtype)
         b2 = (sde.variance(t) - a**2 * sde.variance(t_next)).astype(x.dtype)
         k_corr, k_pred = jax.random.split(k)
@@ -138,13 +136,9 @@ def _predictor_corrector(score_fn, sde, x_T, key, n_steps, n_corrector, snr, den
 
         x = jax.lax.fori_loop(0, n_corrector, corrector, x)
         s = _score_batch(score_fn, x, t)
-        x = (2 - a) * x + b2 * s + jnp.sqrt(b2) * jax.random.normal(k_pred, x.shape, x.dtype)
-        return x, None
+        return (2 - a) * x + b2 * s + jnp.sqrt(b2) * jax.random.normal(k_pred, x.shape, x.dtype)
 
-    x, _ = jax.lax.scan(step, x_T, (ts[:-1], ts[1:], keys))
-    if denoise:
-        x = tweedie_denoise(score_fn, sde, x, ts[-1])
-    return x
+    return _reverse_chain(step, score_fn, sde, x_T, key, n_steps, denoise)
 
 
 def predictor_corrector_sample(
