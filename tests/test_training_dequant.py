@@ -322,8 +322,12 @@ def test_bad_inputs_raise_clear_errors(tmp_path, capsys):
         dq.compare_dequantization(None, numerics.VPSDE(), deq, images, key, n_draws=1)
     assert dq.load_dequantizer(tmp_path) is None
     # workdir without a model
+    assert main(["dequant", "--workdir", str(tmp_path / "missing"), "--steps", "1"]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
     assert main(["dequant", "--workdir", str(tmp_path / "empty"), "--steps", "1"]) == 2
-    assert "no trained model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no config.json" in err and "python -m training train" in err
     # a model of non-image data
     from training.configs import get_config
 

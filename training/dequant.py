@@ -727,14 +727,12 @@ _IDENTITY = ("batch_size", "seed", "lr", "grad_clip", "hidden", "layers", "compo
 
 
 def run(args) -> int:
-    from training.evaluate import load_model
+    from training.evaluate import load_model, locate_checkpoint
 
     workdir = os.path.abspath(args.workdir)
     identity = {k: getattr(args, k) for k in _IDENTITY}
     try:
-        if not os.path.isfile(os.path.join(workdir, "config.json")):
-            raise FileNotFoundError(f"--workdir {workdir} holds no trained model (no config.json); train one first "
-                                    "with `python -m training train`.")
+        locate_checkpoint(workdir, args.step)  # a training work directory with that checkpoint, or a clear error
         prev = _existing(workdir)
         saved: dict = {}
         if prev is not None and not args.resume:
