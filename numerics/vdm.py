@@ -410,6 +410,12 @@ def vdm_loss(
 ) -> VDMLoss:
     """VDM's −VLB per example (Kingma et al. 2021 Eq. 11; THEORY.md §4.2).
 
+    t ~ U[t_min, T] (antithetic over the batch), as VDM's code: unbiased under any schedule and of low
+    variance under VDM's own (γ' bounded). Under a schedule whose γ'(t) = g²/σ² blows up at t_min —
+    the VP SDE with t_min = 1e-5, where γ' ~ 1/t — the variance of the diffusion term grows like
+    1/t_min (STACK_NOTES pitfall 7); estimate L_∞ there with t ~ p(t) ∝ γ'(t) instead
+    (:func:`numerics.losses.dsm_loss_terms` with ``"g2_is"``, as ``python -m training eval`` does).
+
     Args:
         model: ε̂(z, t) for ONE example.
         sde: a :class:`LogSNRSDE` (any schedule: Linear, Cosine, :class:`MonotoneGamma`).
