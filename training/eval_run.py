@@ -704,6 +704,8 @@ def format_table(summary: dict) -> str:
             lines.append(row("", r["nats_per_dim"]))
         for t, tr in r.get("terms", {}).items():
             lines.append(row(f"  {t}", tr[primary]))
+        if r.get("terms") and r.get("data") == "dequantized":
+            lines.append("  (terms in nats/(D ln 2): they sum to the total without its dequantisation offset)")
         if "excess_over_true" in r:
             lines.append(row("  − true NLL", r["excess_over_true"]))
     if "true_nll" in res:
