@@ -43,8 +43,9 @@ the reported SE of a mean is the spread over examples / √n (it contains the MC
   trained on dequantised data (every DSM config, ``loss.vdm_data=continuous``). Continuous data: the
   Gaussian decoder.
 
-**Images, dequantisation** (``ode``, ``bound``, and ``vlb`` with ``--vlb-data dequantized``; THEORY.md §2.9): ``--dequant uniform`` uses
-y = (k + u)/256, u ~ U[0,1)^D (:func:`training.data.dequantize`); ``--dequant variational`` uses the
+**Images, dequantisation** (``ode``, ``bound``, and ``vlb`` with ``--vlb-data dequantized``; THEORY.md
+§2.9): ``--dequant uniform`` uses y = (k + u)/256, u ~ U[0,1)^D (:func:`training.data.dequantize`);
+``--dequant variational`` uses the
 q(u|k) flow trained by ``python -m training dequant --workdir DIR`` (:mod:`training.dequant`) and
 reports E_q[−log p(x) + log q(u|k)] (Ho et al. 2019; Song et al. 2021 §5). In both cases
 bits/dim = (−log p_X(x) + log q)/(D ln 2) + 8 − log₂ 2 (:func:`numerics.likelihood.bits_per_dim`,
