@@ -106,6 +106,13 @@ def score_and_divergence(score_fn: Callable, x: Float[Array, "*event"], t) -> tu
     return s, jnp.trace(jax.vmap(lin)(basis).reshape(dim, dim))
 
 
+def _flow(sde, t, x, s, div_s, dim: int):
+    """h = f(t) x − ½ g(t)² s and ∇·h = D f(t) − ½ g(t)² ∇·s (THEORY.md §2.1): the probability-flow
+    drift and the rate of its log-det accumulator(s), from the score s and its divergence at (x, t)."""
+    f, g2 = sde.drift_coeff(t), sde.diffusion_sq(t)
+    return f * x - 0.5 * g2 * s, dim * f - 0.5 * g2 * div_s
+
+
 def _field_one(score_fn, sde, t, xt, probes):
     """Probability-flow drift and d/dt of the log-det accumulator(s) for ONE sample."""
     if probes is None:
@@ -115,8 +122,7 @@ def _field_one(score_fn, sde, t, xt, probes):
         s, lin = jax.linearize(lambda z: score_fn(z, t), xt)
         jv = jax.vmap(lin)(probes)
         div_s = jnp.sum((probes * jv).reshape(probes.shape[0], -1), axis=-1)
-    f, g2 = sde.drift_coeff(t), sde.diffusion_sq(t)
-    return f * xt - 0.5 * g2 * s, xt.size * f - 0.5 * g2 * div_s
+    return _flow(sde, t, xt, s, div_s, xt.size)
 
 
 def probability_flow_field(score_fn: Callable, sde: SDE, probes: Float[Array, "N P *event"] | None = None) -> Callable:
@@ -137,8 +143,7 @@ def probability_flow_field(score_fn: Callable, sde: SDE, probes: Float[Array, "N
 
     def field(t, x):
         s, div = hook(x, t)
-        f, g2 = sde.drift_coeff(t), sde.diffusion_sq(t)
-        return f * x - 0.5 * g2 * s, (x[0].size * f - 0.5 * g2 * div)[:, None]
+        return _flow(sde, t, x, s, div[:, None], x[0].size)
 
     return field
 
