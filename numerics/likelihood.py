@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
+from numerics._dispatch import leaf_jit
 from numerics.sde import SDE
 
 __all__ = [
@@ -171,9 +172,10 @@ def _solve(field, y0, tols, solver, max_steps, norm):
     return jax.tree.map(lambda v: v[-1], sol.ys), num_steps, nfe, sol.result == diffrax.RESULTS.successful
 
 
-@eqx.filter_jit
+@leaf_jit
 def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_steps, shared):
-    """The whole batch in one compiled call; tolerances and times are traced (no recompilation)."""
+    """The whole batch in one compiled call; tolerances and times are traced (no recompilation).
+    :func:`numerics._dispatch.leaf_jit`, not ``eqx.filter_jit``: ~70 µs less host time per call."""
     n = x.shape[0]
     n_div = 1 if probes is None else probes.shape[1]
     y0 = (x, jnp.zeros((n, n_div), dtype=x.dtype))
@@ -284,7 +286,7 @@ def ode_log_likelihood(
         raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}.")
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be positive; got rtol={rtol}, atol={atol}.")
-    x = jnp.asarray(x)
+    x = x if isinstance(x, jax.Array) else jnp.asarray(x)  # jnp.asarray of an Array costs ~6 µs
     if x.ndim < 2:
         raise ValueError(
             f"x must have a leading batch axis, shape (N, *event); got shape {x.shape}. For one sample pass x[None]."

@@ -1,0 +1,53 @@
+"""numerics._dispatch.leaf_jit: equinox.filter_jit's split of arguments with a cheaper dispatch."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from numerics._dispatch import leaf_jit
+
+
+class _Affine(eqx.Module):
+    scale: jax.Array
+    name: str = eqx.field(static=True)
+
+
+def test_arrays_traced_other_leaves_static():
+    traces = []
+
+    @leaf_jit
+    def f(model, x, power, table):
+        traces.append(1)  # runs only while tracing
+        return model.scale * x**power + table
+
+    m1, m2 = _Affine(jnp.asarray(2.0), "a"), _Affine(jnp.asarray(3.0), "a")
+    x = jnp.arange(3.0)
+    np.testing.assert_allclose(f(m1, x, 2, np.ones(3)), 2.0 * np.arange(3.0) ** 2 + 1)
+    # new array values (jax and numpy) of the same shapes: same trace
+    np.testing.assert_allclose(f(m2, x + 1, 2, np.zeros(3)), 3.0 * (np.arange(3.0) + 1) ** 2)
+    assert len(traces) == 1
+    # a changed static leaf (the int), a changed static field, a new shape: each traces anew
+    np.testing.assert_allclose(f(m1, x, 3, np.zeros(3)), 2.0 * np.arange(3.0) ** 3)
+    f(_Affine(jnp.asarray(2.0), "b"), x, 2, np.zeros(3))
+    f(m1, jnp.arange(4.0), 2, np.zeros(4))
+    assert len(traces) == 4
+
+
+def test_inside_jit_and_grad():
+    f = leaf_jit(lambda m, x: jnp.sum(m.scale * x**2))
+    m = _Affine(jnp.asarray(1.5), "a")
+    g = jax.jit(jax.grad(lambda x: f(m, x)))(jnp.arange(3.0))
+    np.testing.assert_allclose(g, 3.0 * np.arange(3.0))
+
+
+def test_unhashable_static_leaf_raises_and_cache_is_bounded():
+    class Unhashable:
+        __hash__ = None
+
+    f = leaf_jit(lambda u, x: x * u, max_entries=2)
+    with pytest.raises(TypeError, match="cannot be hashed .*Unhashable"):
+        f(Unhashable(), jnp.ones(2))
+    for k in range(5):  # five static values, at most two entries kept; results stay right
+        np.testing.assert_allclose(f(float(k), jnp.ones(2)), [k, k])
