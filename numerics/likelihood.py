@@ -214,6 +214,12 @@ def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_ste
     return result, ok, jnp.sum(~ok)
 
 
+@jax.jit
+def _count_non_finite(x: Float[Array, "N *event"]) -> Int[Array, ""]:
+    """Samples of the batch with a NaN or inf entry."""
+    return jnp.sum(~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1))
+
+
 def _failure_message(what: str, n_bad: int | str, n: int, max_steps: int) -> str:
     return (
         f"{what} failed for {n_bad} of {n} samples: the adaptive solver reached "
@@ -294,9 +300,9 @@ def ode_log_likelihood(
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating-point array; got dtype {x.dtype}.")
     if not isinstance(x, jax.core.Tracer):
-        finite = np.isfinite(np.asarray(x).reshape(x.shape[0], -1)).all(axis=1)
-        if not finite.all():
-            raise ValueError(f"x contains NaN or inf in {int((~finite).sum())} of {x.shape[0]} samples; remove or fix them.")
+        n_bad = int(_count_non_finite(x))  # on the device: no host copy of the batch, works when sharded
+        if n_bad:
+            raise ValueError(f"x contains NaN or inf in {n_bad} of {x.shape[0]} samples; remove or fix them.")
     t0 = float(sde.t_min if t_start is None else t_start)
     t1 = float(sde.T)
     if not (0.0 <= t0 < t1):
