@@ -1,12 +1,14 @@
 """``python -m theory``: re-derive everything, check every identity, and write theory/targets.json."""
 
+import argparse
 import sys
 import time
 
 from theory import affine, li_yan2024, lu2022, sde, song2021, targets, vdm
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m theory", description=__doc__).parse_args(argv)
     t0 = time.perf_counter()
     failed = []
     for mod in (sde, song2021, vdm, lu2022, li_yan2024, affine):
@@ -22,4 +24,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
