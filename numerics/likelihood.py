@@ -102,14 +102,26 @@ def score_and_divergence(score_fn: Callable, x: Float[Array, "*event"], t) -> tu
     if hook is not None:
         return hook(x, t)
     s, lin = jax.linearize(lambda z: score_fn(z, t), x)
+    _check_score_output(s, x)
     dim = x.size
     basis = jnp.eye(dim, dtype=x.dtype).reshape((dim, *x.shape))
     return s, jnp.trace(jax.vmap(lin)(basis).reshape(dim, dim))
 
 
+def _check_score_output(s, x) -> None:
+    if s.shape != x.shape or s.dtype != x.dtype:
+        raise ValueError(
+            f"score_fn must return an array of the shape and dtype of its input x, {x.dtype}{list(x.shape)}; got "
+            f"{s.dtype}{list(s.shape)}. Return one score per input entry (e.g. reshape), and pass x in the "
+            "score's dtype (x.astype(...)) or cast the score's output."
+        )
+
+
 def _flow(sde, t, x, s, div_s, dim: int):
     """h = f(t) x − ½ g(t)² s and ∇·h = D f(t) − ½ g(t)² ∇·s (THEORY.md §2.1): the probability-flow
-    drift and the rate of its log-det accumulator(s), from the score s and its divergence at (x, t)."""
+    drift and the rate of its log-det accumulator(s), from the score s and its divergence at (x, t).
+    Shapes and dtypes are static: a score of the wrong shape or dtype raises here, at trace time."""
+    _check_score_output(s, x)
     f, g2 = sde.drift_coeff(t), sde.diffusion_sq(t)
     return f * x - 0.5 * g2 * s, dim * f - 0.5 * g2 * div_s
 
@@ -173,9 +185,14 @@ def _solve(field, y0, tols, solver, max_steps, norm):
 
 
 @leaf_jit
-def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_steps, shared):
+def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_steps, shared, in_graph):
     """The whole batch in one compiled call; tolerances and times are traced (no recompilation).
-    :func:`numerics._dispatch.leaf_jit`, not ``eqx.filter_jit``: ~70 µs less host time per call."""
+    :func:`numerics._dispatch.leaf_jit`, not ``eqx.filter_jit``: ~70 µs less host time per call.
+
+    ``in_graph`` (the caller is inside ``jit``/``grad``/``vmap``): a failed solve is attached with
+    :func:`equinox.error_if` to the state at T, before the prior and the log-det are read from it, so
+    every output and the backward pass depend on the check; otherwise the caller raises
+    :class:`SolverError` from the returned ``ok``."""
     n = x.shape[0]
     n_div = 1 if probes is None else probes.shape[1]
     y0 = (x, jnp.zeros((n, n_div), dtype=x.dtype))
@@ -202,22 +219,31 @@ def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_ste
             return x_T, delta, num_steps, nfe, solved
 
         x_T, delta, num_steps, nfe, solved = jax.vmap(one, in_axes=(0, probe_axis, 0))(x, probes, y0[1])
+    message = _failure_message(_WHAT, "some", n, max_steps)
+    if in_graph:
+        solved = solved & _finite_rows(x_T) & _finite_rows(delta)
+        x_T, delta = eqx.error_if((x_T, delta), ~solved, message)
     prior = jax.vmap(prior_log_prob)(x_T)
     log_p = prior[:, None] + delta
-    finite = jnp.all(jnp.isfinite(log_p), axis=1) & jnp.all(jnp.isfinite(x_T.reshape(n, -1)), axis=1)
-    ok = solved & finite
+    ok = solved & _finite_rows(log_p) & _finite_rows(x_T)
     mean = jnp.mean(log_p, axis=1)
     stderr = jnp.std(log_p, axis=1, ddof=1) / math.sqrt(n_div) if n_div > 1 else jnp.full_like(mean, jnp.nan)
     result = LikelihoodResult(
         log_prob=mean, latent=x_T, nfe=nfe, stderr=stderr, log_prob_per_probe=log_p, prior_log_prob=prior
     )
+    if in_graph:  # a prior that is not finite at a finite x_T
+        result = eqx.error_if(result, ~ok, message)
     return result, ok, jnp.sum(~ok)
 
 
-@jax.jit
-def _count_non_finite(x: Float[Array, "N *event"]) -> Int[Array, ""]:
-    """Samples of the batch with a NaN or inf entry."""
-    return jnp.sum(~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1))
+_WHAT = "probability-flow ODE likelihood"
+
+
+def _finite_rows(a: Float[Array, "N *rest"]) -> Bool[Array, " N"]:
+    return jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1)
+
+
+_non_finite_rows = jax.jit(lambda x: ~_finite_rows(x))
 
 
 def _failure_message(what: str, n_bad: int | str, n: int, max_steps: int) -> str:
@@ -235,8 +261,7 @@ def check_solves(value: Array, ok: Bool[Array, " N"], *, what: str, max_steps: i
     count of failures if the caller computed it on device, saves one dispatch."""
     n = ok.shape[0]
     if isinstance(ok, jax.core.Tracer):
-        mask = ~ok.reshape((-1,) + (1,) * (value.ndim - 1))
-        return eqx.error_if(value, mask, _failure_message(what, "some", n, max_steps))
+        return eqx.error_if(value, ~ok, _failure_message(what, "some", n, max_steps))
     n_bad = int(jnp.sum(~ok) if n_bad is None else n_bad)
     if n_bad:
         raise SolverError(_failure_message(what, n_bad, n, max_steps))
@@ -299,10 +324,15 @@ def ode_log_likelihood(
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating-point array; got dtype {x.dtype}.")
-    if not isinstance(x, jax.core.Tracer):
-        n_bad = int(_count_non_finite(x))  # on the device: no host copy of the batch, works when sharded
-        if n_bad:
-            raise ValueError(f"x contains NaN or inf in {n_bad} of {x.shape[0]} samples; remove or fix them.")
+    # On the device (no host copy of the batch; works when sharded). A traced result means the caller
+    # is inside jit/grad/vmap (even with a concrete x): then every check is attached in graph.
+    bad_rows = _non_finite_rows(x)
+    in_graph = isinstance(bad_rows, jax.core.Tracer)
+    nan_message = "x contains NaN or inf in {} of " + f"{x.shape[0]} samples; remove or fix them."
+    if in_graph:
+        x = eqx.error_if(x, bad_rows, nan_message.format("some"))
+    elif n_nan := int(np.count_nonzero(np.asarray(bad_rows))):
+        raise ValueError(nan_message.format(n_nan))
     t0 = float(sde.t_min if t_start is None else t_start)
     t1 = float(sde.T)
     if not (0.0 <= t0 < t1):
@@ -322,11 +352,10 @@ def ode_log_likelihood(
     if steps not in ("shared", "per_sample"):
         raise ValueError(f"steps must be 'shared' or 'per_sample'; got {steps!r}.")
     result, ok, n_bad = _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, int(max_steps),
-                                     steps == "shared")
-    log_prob = check_solves(result.log_prob, ok, what="probability-flow ODE likelihood", max_steps=max_steps, n_bad=n_bad)
-    if log_prob is result.log_prob:
-        return result
-    return eqx.tree_at(lambda r: r.log_prob, result, log_prob)
+                                     steps == "shared", in_graph)
+    if not in_graph:  # in graph, _solve_batch attached the check to every output
+        check_solves(result.log_prob, ok, what=_WHAT, max_steps=max_steps, n_bad=n_bad)
+    return result
 
 
 def bits_per_dim(

@@ -134,15 +134,46 @@ def test_step_limit_raises(steps):
 
 def test_non_finite_score_raises():
     sde = numerics.VPSDE()
+    # the same solve with a finite score succeeds within max_steps: the failure is the NaN's
+    ode_log_likelihood(lambda z, t: -z, sde, jnp.ones((2, 2)), max_steps=64)
     with pytest.raises(SolverError, match="non-finite"):
         ode_log_likelihood(lambda z, t: jnp.where(t < 0.5, z, jnp.nan * z), sde, jnp.ones((2, 2)), max_steps=64)
 
 
-def test_failure_inside_jit_raises():
+@pytest.mark.parametrize("output", ["log_prob", "latent", "grad"])
+def test_failure_inside_jit_raises(output):
+    """In graph, the check is attached to the state at T: every output, and a gradient, raise."""
     mix, sde, x, _ = _hutchinson_case()
-    f = eqx.filter_jit(lambda z: ode_log_likelihood(mix.score_fn(sde), sde, z, max_steps=3).log_prob)
+
+    def run(z):
+        return ode_log_likelihood(mix.score_fn(sde), sde, z, max_steps=3)
+
+    f = {"log_prob": lambda z: run(z).log_prob, "latent": lambda z: run(z).latent,
+         "grad": jax.grad(lambda z: jnp.sum(run(z).log_prob))}[output]
     with pytest.raises(Exception, match="max_steps=3"):
-        jax.block_until_ready(f(x))
+        jax.block_until_ready(eqx.filter_jit(f)(x))
+
+
+def test_inside_jit_over_the_model_with_x_closed_over():
+    """jit over the mixture (the usual pattern: jit over parameters) with a concrete x captured: the
+    NaN check and the solve run in graph and give the eager value."""
+    mix, sde, x, _ = _hutchinson_case()
+    eager = ode_log_likelihood(mix.score_fn(sde), sde, x).log_prob
+    jitted = jax.jit(lambda m: ode_log_likelihood(m.score_fn(sde), sde, x).log_prob)(mix)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=0, atol=1e-12)
+    with pytest.raises(Exception, match="NaN or inf"):
+        bad = x.at[0, 0].set(jnp.nan)
+        jax.block_until_ready(jax.jit(lambda m: ode_log_likelihood(m.score_fn(sde), sde, bad).log_prob)(mix))
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_score_of_wrong_shape_or_dtype_raises(divergence):
+    mix, sde, x, _ = _hutchinson_case()
+    kw = dict(divergence=divergence, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"score_fn must return .* float64\[3\]; got float64\[1\]"):
+        ode_log_likelihood(lambda z, t: z[:1], sde, x, **kw)
+    with pytest.raises(ValueError, match=r"score_fn must return .* got float32\[3\]"):
+        ode_log_likelihood(lambda z, t: z.astype(jnp.float32), sde, x, **kw)
 
 
 def test_bad_inputs_raise():
