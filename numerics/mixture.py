@@ -6,7 +6,8 @@ eigendecomposed once, Σ_k = U_k Λ_k U_kᵀ; then α² Σ_k + σ² I = U_k (α�
 no factorisation ever runs inside a solver loop (STACK_NOTES.md, pitfall 1: batched Cholesky in a
 ``while_loop`` can deadlock XLA's thread pool, and is 7–10× slower).
 
-All per-point methods take one point of shape (D,) or a batch (..., D).
+All per-point methods take one point of shape (D,) or a batch (..., D); any other last axis raises
+``ValueError`` when the call is traced (shapes are static: no run-time cost). Times t are scalars.
 """
 
 from __future__ import annotations
@@ -31,11 +32,42 @@ def _is_concrete(*xs) -> bool:
     return not any(isinstance(x, jax.core.Tracer) for x in xs)
 
 
+def _check_points(x, dim: int, name: str = "x") -> Array:
+    """``x`` as an array; raise ``ValueError`` unless it has shape (D,) or (..., D) with D = ``dim``.
+    Reads only the static shape, so inside ``jit`` it runs once at trace time: no run-time cost."""
+    x = jnp.asarray(x)
+    shape = tuple(x.shape)
+    if len(shape) == 0 or shape[-1] != dim:
+        raise ValueError(
+            f"{name} must have last axis of size D={dim} (the mixture's dimension); got shape {shape}. "
+            f"Pass one point of shape ({dim},) or a batch of shape (..., {dim})."
+        )
+    return x
+
+
+def _check_scalar_time(t, name: str = "t") -> None:
+    """Raise ``ValueError`` unless ``t`` is a scalar (ndim 0); static, so free inside ``jit``."""
+    shape = tuple(jnp.shape(t))
+    if len(shape) != 0:
+        raise ValueError(
+            f"{name} must be a scalar time (ndim 0); got shape {shape}. For several times, loop over them "
+            f"or use jax.vmap over {name}, e.g. jax.vmap(lambda s: mixture.diffuse(sde, s).log_prob(x))(ts)."
+        )
+
+
+def _symmetry_rtol(dtype) -> float:
+    """Relative asymmetry tolerated in a covariance of input dtype ``dtype``: 100 ulps of the
+    dtype (R Λ Rᵀ rounded in float32 is asymmetric at ~1e-8 relative), never below 1e-9."""
+    eps = float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.floating) else float(np.finfo(np.float64).eps)
+    return max(100.0 * eps, 1e-9)
+
+
 def _validate(weights, means, covariances) -> None:
     """Eager checks with messages that name the argument and the fix."""
     w = np.asarray(weights, dtype=np.float64)
     m = np.asarray(means, dtype=np.float64)
-    c = np.asarray(covariances, dtype=np.float64)
+    c_in = np.asarray(covariances)
+    c = c_in.astype(np.float64)
     if w.ndim != 1 or w.size == 0:
         raise ValueError(f"weights must be a non-empty 1-D array of shape (K,); got shape {w.shape}.")
     K = w.size
@@ -51,11 +83,15 @@ def _validate(weights, means, covariances) -> None:
         raise ValueError(f"weights must be non-negative; got {w.tolist()}.")
     if abs(w.sum() - 1.0) > 1e-6:
         raise ValueError(f"weights must sum to 1 (got {w.sum():.10g}); normalise them, e.g. weights / weights.sum().")
+    rtol = _symmetry_rtol(c_in.dtype)
     for k in range(K):
         ck = c[k]
-        scale = max(1.0, float(np.max(np.abs(ck))))
-        if np.max(np.abs(ck - ck.T)) > 1e-9 * scale:
-            raise ValueError(f"covariances[{k}] is not symmetric; pass (C + C.T) / 2.")
+        asym, scale = float(np.max(np.abs(ck - ck.T))), float(np.max(np.abs(ck)))
+        if asym > rtol * scale:
+            raise ValueError(
+                f"covariances[{k}] is not symmetric (max |C - C.T| = {asym:.3g}, tolerance {rtol:.3g} * max|C| "
+                f"for {c_in.dtype} input); pass (C + C.T) / 2."
+            )
         ev = np.linalg.eigvalsh(ck)
         if ev[0] <= 1e-12 * max(ev[-1], 1e-300):
             raise ValueError(
@@ -68,9 +104,10 @@ class GaussianMixture(eqx.Module):
     """Σ_k π_k N(μ_k, Σ_k) in any dimension, stored in each component's eigenbasis.
 
     Args:
-        weights: (K,) non-negative, summing to 1.
+        weights: (K,) non-negative, summing to 1 (within 1e-6; stored renormalised, log(w / Σ w)).
         means: (K, D).
-        covariances: (K, D, D) symmetric positive definite.
+        covariances: (K, D, D) symmetric positive definite (symmetric to 100 ulps of their dtype,
+            relative to max |Σ_k|, never tighter than 1e-9; the symmetric part is used).
 
     Bad parameters raise ``ValueError`` naming the argument (checked when the arguments are
     concrete, i.e. not inside ``jit``).
@@ -92,7 +129,7 @@ class GaussianMixture(eqx.Module):
         dtype = jnp.result_type(float)
         w = jnp.asarray(weights, dtype)
         c = jnp.asarray(covariances, dtype)
-        self.log_weights = jnp.log(w)
+        self.log_weights = jnp.log(w) - jnp.log(jnp.sum(w))  # renormalised: a sum 1 ± 1e-6 would bias log q
         self.means = jnp.asarray(means, dtype)
         self.eigvals, self.eigvecs = jnp.linalg.eigh(0.5 * (c + jnp.swapaxes(c, -1, -2)))
 
@@ -130,7 +167,9 @@ class GaussianMixture(eqx.Module):
 
     # --- diffusion ----------------------------------------------------------------------
     def diffuse(self, sde: SDE, t: float | Float[Array, ""]) -> "GaussianMixture":
-        """The exact marginal q_t = Σ π_k N(α_t μ_k, α_t² Σ_k + σ_t² I) at a scalar time t."""
+        """The exact marginal q_t = Σ π_k N(α_t μ_k, α_t² Σ_k + σ_t² I) at a scalar time t
+        (a t of ndim > 0 raises ``ValueError``: use a loop or ``jax.vmap`` over t)."""
+        _check_scalar_time(t)
         t = jnp.asarray(check_time(sde, t))
         return self._diffuse(sde.mean_coeff(t), sde.variance(t))
 
@@ -222,32 +261,38 @@ class GaussianMixture(eqx.Module):
     @eqx.filter_jit
     def log_prob(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch"]:
         """log q(x), by logsumexp over components."""
-        return jnp.vectorize(self._log_prob1, signature="(d)->()")(jnp.asarray(x))
+        x = _check_points(x, self.dim)
+        return jnp.vectorize(self._log_prob1, signature="(d)->()")(x)
 
     @eqx.filter_jit
     def responsibilities(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch K"]:
         """Posterior component probabilities w_k(x) ∝ π_k N(x; μ_k, Σ_k)."""
-        return jnp.vectorize(self._responsibilities1, signature="(d)->(k)")(jnp.asarray(x))
+        x = _check_points(x, self.dim)
+        return jnp.vectorize(self._responsibilities1, signature="(d)->(k)")(x)
 
     @eqx.filter_jit
     def score(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
         """∇ log q(x) = Σ_k w_k(x) g_k(x), g_k = −Σ_k^{-1}(x − μ_k)."""
-        return jnp.vectorize(self._score1, signature="(d)->(d)")(jnp.asarray(x))
+        x = _check_points(x, self.dim)
+        return jnp.vectorize(self._score1, signature="(d)->(d)")(x)
 
     @eqx.filter_jit
     def hessian(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D D"]:
         """∇² log q(x) = Σ_k w_k (g_k g_kᵀ − Σ_k^{-1}) − s sᵀ."""
-        return jnp.vectorize(self._hessian1, signature="(d)->(d,d)")(jnp.asarray(x))
+        x = _check_points(x, self.dim)
+        return jnp.vectorize(self._hessian1, signature="(d)->(d,d)")(x)
 
     @eqx.filter_jit
     def laplacian(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch"]:
         """Δ log q(x) = tr ∇² log q(x) = Σ_k w_k(‖g_k‖² − tr Σ_k^{-1}) − ‖s‖², in O(K D²)."""
-        return jnp.vectorize(lambda z: self._score_and_laplacian1(z)[1], signature="(d)->()")(jnp.asarray(x))
+        x = _check_points(x, self.dim)
+        return jnp.vectorize(lambda z: self._score_and_laplacian1(z)[1], signature="(d)->()")(x)
 
     @eqx.filter_jit
     def grad_laplacian(self, x: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
         """∇ tr ∇² log q(x): the third-order quantity of Lu et al. 2022 (§4, Eq. 15)."""
-        return jnp.vectorize(self._grad_laplacian1, signature="(d)->(d)")(jnp.asarray(x))
+        x = _check_points(x, self.dim)
+        return jnp.vectorize(self._grad_laplacian1, signature="(d)->(d)")(x)
 
     @eqx.filter_jit
     def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n D"]:
@@ -262,8 +307,10 @@ class GaussianMixture(eqx.Module):
         """Exact law of x_0 | x_t: a mixture with weights w_k(x_t) (responsibilities under q_t),
         means m_k = S_k(Σ_k^{-1} μ_k + α x_t/σ²) and covariances S_k = (Σ_k^{-1} + α²/σ² I)^{-1}
         (THEORY.md §6.3). Returns (weights (*batch, K), means (*batch, K, D), covariances (K, D, D)).
-        Requires σ_t > 0.
+        Requires σ_t > 0 and a scalar t.
         """
+        _check_scalar_time(t)
+        _check_points(x_t, self.dim, "x_t")
         return self._posterior(sde, jnp.asarray(check_time(sde, t)), jnp.asarray(x_t))
 
     @eqx.filter_jit
@@ -284,7 +331,9 @@ class GaussianMixture(eqx.Module):
         return (*jnp.vectorize(one, signature="(d)->(k),(k,d)")(x_t), cov)
 
     def denoiser(self, sde: SDE, t, x_t: Float[ArrayLike, "*batch D"]) -> Float[Array, "*batch D"]:
-        """E[x_0 | x_t] = (x_t + σ_t² ∇log q_t(x_t)) / α_t (Tweedie; Efron 2011), exact."""
+        """E[x_0 | x_t] = (x_t + σ_t² ∇log q_t(x_t)) / α_t (Tweedie; Efron 2011), exact; t a scalar."""
+        _check_scalar_time(t)
+        _check_points(x_t, self.dim, "x_t")
         return self._denoiser(sde, jnp.asarray(check_time(sde, t)), jnp.asarray(x_t))
 
     @eqx.filter_jit

@@ -23,6 +23,7 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 __all__ = [
@@ -58,11 +59,12 @@ def check_time(sde: "SDE", t, *, name: str = "t", lower: float | None = None):
         f"Clip or rescale {name} to the SDE's time range."
     )
     if _is_concrete(t):
-        arr = jnp.asarray(t)
-        if not bool(jnp.all(jnp.isfinite(arr))):
+        # numpy, not jnp: under an outer jit a jnp op on a concrete value would be staged (a tracer)
+        arr = np.asarray(t, dtype=float)
+        if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} contains NaN or inf; pass finite times in [{lo:g}, {hi:g}].")
-        if bool(jnp.any(arr < lo)) or bool(jnp.any(arr > hi)):
-            raise ValueError(msg + f" (min {float(jnp.min(arr)):g}, max {float(jnp.max(arr)):g})")
+        if np.any(arr < lo) or np.any(arr > hi):
+            raise ValueError(msg + f" (min {arr.min():g}, max {arr.max():g})")
         return t
     bad = (t < lo) | (t > hi) | ~jnp.isfinite(t)
     return eqx.error_if(t, bad, msg)
@@ -107,6 +109,14 @@ class SDE(eqx.Module):
     @abc.abstractmethod
     def prior_std(self) -> float:
         """Standard deviation of the isotropic Gaussian prior π at time T."""
+
+    def _t(self, t: Time) -> Array:
+        """``t`` as a floating array for the schedule methods. A concrete ``t`` outside [0, T] raises
+        (:func:`check_time`, in numpy: ~2 µs); a traced one is not checked here, because the schedule
+        runs inside solver loops — the public entry points check their times instead."""
+        if _is_concrete(t):
+            check_time(self, t)
+        return _time(t)
 
     # --- derived quantities ----------------------------------------------------------
     def diffusion(self, t: Time) -> Float[Array, "*t"]:
@@ -215,11 +225,11 @@ class VPSDE(SDE):
         self.t_min, self.T = _check_range(t_min, T)
 
     def beta(self, t):
-        return self.beta_min + _time(t) * (self.beta_max - self.beta_min)
+        return self.beta_min + self._t(t) * (self.beta_max - self.beta_min)
 
     def integrated_beta(self, t):
         """B(t) = ∫_0^t β(u) du."""
-        t = _time(t)
+        t = self._t(t)
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
     def drift_coeff(self, t):
@@ -310,25 +320,25 @@ class VESDE(SDE):
 
     def sigma(self, t):
         """σ(t) = σ_min r^t (the noise level of the code convention)."""
-        return self.sigma_min * jnp.exp(_time(t) * self.log_ratio)
+        return self.sigma_min * jnp.exp(self._t(t) * self.log_ratio)
 
     def drift_coeff(self, t):
-        return jnp.zeros_like(_time(t))
+        return jnp.zeros_like(self._t(t))
 
     def diffusion_sq(self, t):
         return jnp.square(self.sigma(t)) * (2.0 * self.log_ratio)
 
     def log_mean_coeff(self, t):
-        return jnp.zeros_like(_time(t))
+        return jnp.zeros_like(self._t(t))
 
     def variance(self, t):
-        t = _time(t)
+        t = self._t(t)
         if self.kernel == "exact":
             return self.sigma_min**2 * jnp.expm1(2.0 * t * self.log_ratio)
         return jnp.square(self.sigma(t))
 
     def log_snr(self, t):
-        t = _time(t)
+        t = self._t(t)
         if self.kernel == "exact":
             return -(2.0 * math.log(self.sigma_min) + jnp.log(jnp.expm1(2.0 * t * self.log_ratio)))
         return -2.0 * (math.log(self.sigma_min) + t * self.log_ratio)
@@ -407,7 +417,7 @@ class LogSNRSDE(SDE):
         self.t_min, self.T = _check_range(t_min, T, allow_zero=True)
 
     def gamma_and_derivative(self, t):
-        t = _time(t)
+        t = self._t(t)
         return jax.jvp(self.gamma, (t,), (jnp.ones_like(t),))
 
     def drift_coeff(self, t):
@@ -419,13 +429,13 @@ class LogSNRSDE(SDE):
         return jax.nn.sigmoid(g) * dg
 
     def log_mean_coeff(self, t):
-        return -0.5 * jax.nn.softplus(self.gamma(_time(t)))
+        return -0.5 * jax.nn.softplus(self.gamma(self._t(t)))
 
     def variance(self, t):
-        return jax.nn.sigmoid(self.gamma(_time(t)))
+        return jax.nn.sigmoid(self.gamma(self._t(t)))
 
     def log_snr(self, t):
-        return -self.gamma(_time(t))
+        return -self.gamma(self._t(t))
 
     def log_snr_derivative(self, t):
         return -self.gamma_and_derivative(t)[1]
@@ -461,3 +471,16 @@ class LiYanSDE(LogSNRSDE):
         if not (0 < t_min < T < 1):
             raise ValueError(f"Li & Yan's SDE needs 0 < t_min < T < 1; got t_min={t_min}, T={T}.")
         super().__init__(LogitGamma(), t_min=t_min, T=T)
+
+    # closed forms: through γ = logit t, f and g² at t = 0 would be 0·∞ = NaN (γ' = 1/(t(1−t)))
+    def drift_coeff(self, t):
+        return -0.5 / (1.0 - self._t(t))
+
+    def diffusion_sq(self, t):
+        return 1.0 / (1.0 - self._t(t))
+
+    def log_mean_coeff(self, t):
+        return 0.5 * jnp.log1p(-self._t(t))
+
+    def variance(self, t):
+        return self._t(t)

@@ -1,5 +1,7 @@
 """numerics.mixture against independent computations: scipy densities, finite differences, closed forms."""
 
+import re
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -192,3 +194,100 @@ def test_diffuse_outside_time_range_raises():
     mix = numerics.GaussianMixture([1.0], [[0.0]], [[[1.0]]])
     with pytest.raises(ValueError, match="t must lie in"):
         mix.diffuse(numerics.VPSDE(), -0.1)
+
+
+
+def _two_d_mixture():
+    return numerics.GaussianMixture([0.4, 0.6], [[0.0, 0.0], [1.0, -1.0]], [np.eye(2), [[1.0, 0.3], [0.3, 0.5]]])
+
+
+@pytest.mark.parametrize("method", ["log_prob", "responsibilities", "score", "hessian", "laplacian", "grad_laplacian"])
+@pytest.mark.parametrize("shape", [(3, 1), (3,), (2, 3, 1)])
+def test_points_of_wrong_dimension_raise(method, shape):
+    """A last axis other than D broadcast silently (log_prob(zeros((3, 1))) returned numbers); now a ValueError
+    naming x, raised while tracing (also under jax.jit, where x has no value); the right shape still works."""
+    mix = _two_d_mixture()
+    msg = rf"x must have last axis of size D=2 \(the mixture's dimension\); got shape {re.escape(str(shape))}"
+    with pytest.raises(ValueError, match=msg):
+        getattr(mix, method)(np.zeros(shape))
+    with pytest.raises(ValueError, match=msg):
+        jax.jit(lambda m, z: getattr(m, method)(z))(mix, jnp.zeros(shape))
+    good = getattr(mix, method)(np.zeros((3, 2)))
+    assert good.shape[0] == 3 and bool(jnp.all(jnp.isfinite(good)))
+    np.testing.assert_allclose(mix.log_prob(np.zeros((3, 2))), _scipy_log_prob(
+        np.asarray(mix.weights), np.asarray(mix.means), np.asarray(mix.covariances), np.zeros((3, 2))), rtol=1e-12)
+
+
+def test_points_of_wrong_dimension_raise_in_posterior_and_denoiser():
+    mix, sde = _two_d_mixture(), numerics.VPSDE()
+    for fn in (mix.posterior, mix.denoiser):
+        with pytest.raises(ValueError, match=r"x_t must have last axis of size D=2 .*got shape \(3, 1\)"):
+            fn(sde, 0.5, np.zeros((3, 1)))
+    # a scalar point: the tests' jaxtyping hook rejects it first (TypeCheckError); without it, the ValueError
+    with pytest.raises((ValueError, TypeError)):
+        mix.log_prob(np.zeros(()))
+    with pytest.raises(ValueError, match=r"x must have last axis of size D=2 .*got shape \(\)"):
+        numerics.mixture._check_points(np.zeros(()), 2)
+
+
+def test_non_scalar_time_raises():
+    """t = [0.1, 0.9] on a 2-D mixture used one time per dimension; now a ValueError that suggests jax.vmap,
+    and the suggested vmap agrees with scalar calls."""
+    mix, sde = _two_d_mixture(), numerics.VPSDE()
+    ts = jnp.array([0.1, 0.9])
+    x = np.array([[0.2, -0.3], [1.0, 0.5], [-1.0, 2.0]])
+    msg = r"t must be a scalar time \(ndim 0\); got shape \(2,\).*loop over them or use jax\.vmap over t"
+    for fn in (mix.posterior, mix.denoiser):
+        with pytest.raises(ValueError, match=msg):
+            fn(sde, ts, x)
+    with pytest.raises((ValueError, TypeError)):  # diffuse's t is annotated scalar: TypeCheckError under the hook
+        mix.diffuse(sde, ts)
+    with pytest.raises(ValueError, match=msg):
+        numerics.mixture._check_scalar_time(ts)
+    lp = jax.vmap(lambda s: mix.diffuse(sde, s).log_prob(x[0]))(ts)
+    np.testing.assert_allclose(lp, [float(mix.diffuse(sde, 0.1).log_prob(x[0])), float(mix.diffuse(sde, 0.9).log_prob(x[0]))],
+                               rtol=1e-12)
+    np.testing.assert_allclose(mix.denoiser(sde, jnp.asarray(0.5), x), mix.denoiser(sde, 0.5, x), rtol=1e-14)
+
+
+def test_float32_rotated_covariance_is_accepted():
+    """R Λ Rᵀ rounded in float32 is asymmetric by 7.5e-9 (rejected by the old fixed 1e-9 · max|Σ|); accepted now,
+    with log q equal to the float64 mixture's to float32 precision. Genuinely asymmetric matrices still raise."""
+    q, _ = np.linalg.qr(np.random.default_rng(7).normal(size=(3, 3)))
+    lam = np.array([0.37, 1.3, 2.9])
+    cov32 = (q.astype(np.float32) * lam.astype(np.float32)) @ q.astype(np.float32).T
+    asym = float(np.max(np.abs(cov32 - cov32.T)))
+    assert 1e-9 * float(np.max(np.abs(cov32))) < asym < 1e-7  # float32 roundoff, above the old tolerance
+    cov64 = (q * lam) @ q.T
+    cov64 = 0.5 * (cov64 + cov64.T)
+    w, mu = np.array([0.3, 0.7]), np.array([[0.5, -0.2, 0.1], [-1.0, 1.0, 0.0]])
+    x = np.array([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5], [-1.5, 0.5, 1.0]])
+    mix32 = numerics.GaussianMixture(w.astype(np.float32), mu.astype(np.float32),
+                                     np.stack([cov32, np.eye(3, dtype=np.float32)]))
+    mix64 = numerics.GaussianMixture(w, mu, np.stack([cov64, np.eye(3)]))
+    assert mix32.eigvals.dtype == jnp.float64
+    np.testing.assert_allclose(mix32.log_prob(x), mix64.log_prob(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mix64.log_prob(x), _scipy_log_prob(w, mu, np.stack([cov64, np.eye(3)]), x), rtol=1e-12)
+    bad32 = np.stack([np.eye(3), [[1.0, 0.5, 0.0], [0.49, 1.0, 0.0], [0.0, 0.0, 1.0]]]).astype(np.float32)
+    with pytest.raises(ValueError, match=r"covariances\[1\] is not symmetric .*float32 input\); pass \(C \+ C.T\) / 2"):
+        numerics.GaussianMixture(w, mu, bad32)
+    bad64 = np.stack([np.eye(3), cov64 + np.diag([1e-7, 0.0], 1)])  # 1e-7 relative is not float64 roundoff
+    with pytest.raises(ValueError, match=r"covariances\[1\] is not symmetric"):
+        numerics.GaussianMixture(w, mu, bad64)
+
+
+def test_weights_within_tolerance_are_renormalised():
+    """Weights summing to 1 ± 5e-7 are accepted and stored as w / Σ w: log q equals the exactly normalised
+    mixture's to 1e-12 (it was off by log(1 ± 5e-7) ≈ ±5e-7 nats); sums clearly off 1 still raise."""
+    w = np.array([0.25, 0.35, 0.4])
+    mu = np.array([[0.0], [1.5], [-2.0]])
+    cov = np.array([[[1.0]], [[0.3]], [[2.0]]])
+    x = np.linspace(-4.0, 4.0, 9)[:, None]
+    exact = numerics.GaussianMixture(w, mu, cov)
+    np.testing.assert_allclose(exact.log_prob(x), _scipy_log_prob(w, mu, cov, x), rtol=1e-12)
+    for factor in (1 + 5e-7, 1 - 5e-7):
+        mix = numerics.GaussianMixture(w * factor, mu, cov)
+        np.testing.assert_allclose(mix.log_prob(x), exact.log_prob(x), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(mix.weights, w, rtol=1e-14)
+    with pytest.raises(ValueError, match="weights must sum to 1"):
+        numerics.GaussianMixture(w * (1 + 1e-5), mu, cov)

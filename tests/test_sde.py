@@ -144,3 +144,36 @@ def test_time_outside_range_raises():
     # traced: raises at run time inside jit
     with pytest.raises(Exception, match="must lie in"):
         jax.block_until_ready(jax.jit(lambda t: numerics.check_time(sde, t))(jnp.float64(-0.2)))
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp", "ve", "logsnr", "liyan"])
+def test_schedule_methods_reject_concrete_times_outside_range(kind):
+    """A concrete t outside [0, T] raises in every schedule method (no silent extrapolation, e.g. a
+    plausible-looking σ at t < 0); a concrete t inside works under an outer jit too (numpy check)."""
+    sde = {"vp": numerics.VPSDE(), "subvp": numerics.SubVPSDE(), "ve": numerics.VESDE(),
+           "logsnr": numerics.LogSNRSDE(), "liyan": numerics.LiYanSDE()}[kind]
+    for method in ("drift_coeff", "diffusion_sq", "mean_coeff", "std", "log_snr"):
+        with pytest.raises(ValueError, match="must lie in"):
+            getattr(sde, method)(-0.05)
+        with pytest.raises(ValueError, match="must lie in"):
+            getattr(sde, method)(jnp.array([0.5, sde.T + 0.1]))
+        inside = getattr(sde, method)(0.5 * sde.T)
+        np.testing.assert_allclose(jax.jit(lambda: getattr(sde, method)(0.5 * sde.T))(), inside, rtol=1e-12, atol=1e-14)
+
+
+def test_li_yan_schedule_is_finite_at_zero():
+    """β(t) = 1/(1 − t): f(0) = −½, g²(0) = 1, α_0 = 1, σ_0 = 0 (through γ = logit t these were 0·∞)."""
+    sde = numerics.LiYanSDE()
+    assert float(sde.drift_coeff(0.0)) == -0.5 and float(sde.diffusion_sq(0.0)) == 1.0
+    assert float(sde.mean_coeff(0.0)) == 1.0 and float(sde.variance(0.0)) == 0.0
+    t = 0.37
+    np.testing.assert_allclose(float(sde.diffusion_sq(t)), 1 / (1 - t), rtol=1e-15)
+    np.testing.assert_allclose(float(sde.log_snr_derivative(t)), -sde.diffusion_sq(t) / sde.variance(t), rtol=1e-13)
+
+
+def test_check_time_of_a_python_float_inside_jit():
+    """check_time on a concrete time inside an outer jit (the mixture is traced, t is a float)."""
+    sde = numerics.VPSDE()
+    mix = numerics.GaussianMixture([0.4, 0.6], [[0.0], [1.0]], [[[1.0]], [[0.5]]])
+    means = jax.jit(lambda m: m.diffuse(sde, 0.5).means)(mix)
+    np.testing.assert_allclose(means, mix.diffuse(sde, 0.5).means, rtol=1e-15)
