@@ -54,7 +54,7 @@ def leaf_jit(fn: Callable | None = None, *, max_entries: int = 64) -> Callable:
         leaves, treedef = jax.tree.flatten(args)
         mask = tuple(isinstance(leaf, _ARRAY_TYPES) for leaf in leaves)
         static = tuple(None if is_array else leaf for is_array, leaf in zip(mask, leaves))
-        key = (treedef, mask, static)
+        key = (treedef, mask, static, tuple(map(type, static)))  # types too: 1 and 1.0 trace differently
         try:
             jitted = entries.get(key)
         except TypeError as err:

@@ -45,6 +45,7 @@ __all__ = [
     "probability_flow_field",
     "bits_per_dim",
     "evaluations_per_step",
+    "solve_evaluations",
     "check_solves",
 ]
 
@@ -88,6 +89,18 @@ def evaluations_per_step(solver) -> int:
         return -1
     stages = len(tableau.c) + 1
     return stages - 1 if getattr(tableau, "fsal", False) else stages
+
+
+def solve_evaluations(solver, num_steps: Int[ArrayLike, "*batch"]) -> Int[Array, "*batch"]:
+    """Vector-field evaluations of an adaptive solve that attempted ``num_steps`` steps: per step
+    :func:`evaluations_per_step`, plus the start's evaluation for a first-same-as-last tableau
+    (counted with a callback: Tsit5, Dopri5, Bosh3 exact; Heun, Midpoint, Ralston have no extra
+    one). −1 for a solver without a Butcher tableau."""
+    num_steps = jnp.asarray(num_steps)
+    per_step = evaluations_per_step(solver)
+    if per_step < 0:
+        return jnp.full_like(num_steps, -1)
+    return num_steps * per_step + int(bool(getattr(solver.tableau, "fsal", False)))
 
 
 def score_and_divergence(score_fn: Callable, x: Float[Array, "*event"], t) -> tuple[Array, Array]:
@@ -179,8 +192,7 @@ def _solve(field, y0, tols, solver, max_steps, norm):
         stepsize_controller=controller, max_steps=max_steps, throw=False,
     )
     num_steps = sol.stats["num_steps"]
-    per_step = evaluations_per_step(solver)
-    nfe = num_steps * per_step + 1 if per_step > 0 else jnp.full_like(num_steps, -1)
+    nfe = solve_evaluations(solver, num_steps)
     return jax.tree.map(lambda v: v[-1], sol.ys), num_steps, nfe, sol.result == diffrax.RESULTS.successful
 
 
@@ -268,6 +280,14 @@ def check_solves(value: Array, ok: Bool[Array, " N"], *, what: str, max_steps: i
     return value
 
 
+def _integer(name: str, value, minimum: int, meaning: str) -> int:
+    """``value`` as an int ≥ ``minimum`` (an integral float such as 3.0 is accepted), else ValueError."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if not ok or not math.isfinite(value) or int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum} ({meaning}); got {value!r}.")
+    return int(value)
+
+
 def ode_log_likelihood(
     score_fn: Callable,
     sde: SDE,
@@ -313,15 +333,17 @@ def ode_log_likelihood(
         raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}.")
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be 'rademacher' or 'gaussian'; got {probe!r}.")
-    if int(n_probes) != n_probes or n_probes < 1:
-        raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}.")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be positive; got rtol={rtol}, atol={atol}.")
+    n_probes = _integer("n_probes", n_probes, 1, "Hutchinson probes per sample")
+    if not (0 < rtol < math.inf and 0 < atol < math.inf):
+        raise ValueError(f"rtol and atol must be positive and finite; got rtol={rtol}, atol={atol}.")
+    max_steps = _integer("max_steps", max_steps, 1, "the step limit")
     x = x if isinstance(x, jax.Array) else jnp.asarray(x)  # jnp.asarray of an Array costs ~6 µs
     if x.ndim < 2:
         raise ValueError(
             f"x must have a leading batch axis, shape (N, *event); got shape {x.shape}. For one sample pass x[None]."
         )
+    if x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch (shape {x.shape}); pass at least one sample.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating-point array; got dtype {x.dtype}.")
     # On the device (no host copy of the batch; works when sharded). A traced result means the caller
@@ -378,10 +400,8 @@ def bits_per_dim(
     in nats (e.g. :attr:`LikelihoodResult.log_prob`); average over u and data outside.
     Check: the uniform density on [−1, 1]^D (data_scale = 2) gives exactly 8 bits/dim.
     """
-    if dims <= 0:
-        raise ValueError(f"dims must be a positive integer (the number of pixel values per example); got {dims}.")
-    if not data_scale > 0:
-        raise ValueError(f"data_scale must be positive; got {data_scale}.")
-    if n_bins < 2:
-        raise ValueError(f"n_bins must be at least 2; got {n_bins}.")
+    dims = _integer("dims", dims, 1, "the number of pixel values per example")
+    if not 0 < data_scale < math.inf:
+        raise ValueError(f"data_scale must be positive and finite; got {data_scale}.")
+    n_bins = _integer("n_bins", n_bins, 2, "256 for 8-bit data")
     return -jnp.asarray(log_prob) / (dims * math.log(2.0)) + math.log2(n_bins) - math.log2(data_scale)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from numerics.likelihood import SolverError, check_solves, evaluations_per_step
+from numerics.likelihood import SolverError, check_solves, solve_evaluations
 from numerics.sde import SDE
 
 __all__ = [
@@ -221,6 +221,4 @@ def ode_sample(
     y = check_solves(y, ok, what="probability-flow ODE sampling", max_steps=max_steps)
     if denoise:
         y = tweedie_denoise(score_fn, sde, y, sde.t_min)
-    per_step = evaluations_per_step(solver)
-    nfe = num_steps * per_step + 1 if per_step > 0 else jnp.full_like(num_steps, -1)
-    return ODESampleResult(samples=y, nfe=nfe)
+    return ODESampleResult(samples=y, nfe=solve_evaluations(solver, num_steps))

@@ -46,8 +46,19 @@ def test_unhashable_static_leaf_raises_and_cache_is_bounded():
     class Unhashable:
         __hash__ = None
 
-    f = leaf_jit(lambda u, x: x * u, max_entries=2)
+    traces = []
+
+    def scale(u, x):
+        traces.append(u)  # runs only while tracing
+        return x * u
+
+    f = leaf_jit(scale, max_entries=2)
     with pytest.raises(TypeError, match="cannot be hashed .*Unhashable"):
         f(Unhashable(), jnp.ones(2))
-    for k in range(5):  # five static values, at most two entries kept; results stay right
-        np.testing.assert_allclose(f(float(k), jnp.ones(2)), [k, k])
+    for k in (0.0, 1.0, 2.0, 2.0, 1.0):  # two entries kept: 2.0 and 1.0 are hits
+        np.testing.assert_allclose(f(k, jnp.ones(2)), [k, k])
+    assert traces == [0.0, 1.0, 2.0]
+    np.testing.assert_allclose(f(0.0, jnp.ones(2)), [0.0, 0.0])  # 0.0 was evicted: traced again
+    assert traces == [0.0, 1.0, 2.0, 0.0]
+    f(1, jnp.ones(2))  # an int is another static value than the float 1.0 (different trace)
+    assert traces[-1] == 1 and type(traces[-1]) is int

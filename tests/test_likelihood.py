@@ -2,6 +2,7 @@
 
 import math
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -193,6 +194,34 @@ def test_bad_inputs_raise():
         ode_log_likelihood(score, sde, x, t_start=1.0)
     with pytest.raises((ValueError, TypeError), match="steps"):
         ode_log_likelihood(score, sde, x, steps="flattened")
+    for kw, message in [(dict(max_steps=0), "max_steps must be an integer >= 1"),
+                        (dict(rtol=math.inf), "rtol and atol must be positive and finite")]:
+        with pytest.raises(ValueError, match=message):
+            ode_log_likelihood(score, sde, x, **kw)
+    with pytest.raises(ValueError, match="empty batch"):
+        ode_log_likelihood(score, sde, x[:0])
+
+
+@pytest.mark.parametrize("solver", ["Tsit5", "Heun", "Bosh3"])
+def test_nfe_counts_the_score_evaluations(solver):
+    """The reported NFE equals the number of score evaluations counted by a host callback (an
+    independent count): first-same-as-last tableaus (Tsit5, Bosh3) add one at the start, Heun none."""
+    from jax.experimental import io_callback
+
+    calls = [0]
+
+    def bump(t):
+        calls[0] += 1
+        return np.zeros((), np.float64)
+
+    mix, sde, x, _ = _hutchinson_case()
+    exact = mix.score_fn(sde)
+
+    def counted(z, t):
+        return exact(z, t) + io_callback(bump, jax.ShapeDtypeStruct((), jnp.float64), t, ordered=True)
+
+    res = ode_log_likelihood(counted, sde, x[:1], rtol=1e-4, atol=1e-4, solver=getattr(diffrax, solver)())
+    assert int(res.nfe[0]) == calls[0] > 10
 
 
 def test_bits_per_dim_uniform_is_8():
@@ -212,3 +241,5 @@ def test_bits_per_dim_is_exact_for_histogram_densities():
     np.testing.assert_allclose(np.asarray(bits_per_dim(jnp.asarray(log_px), 1, data_scale=a)), -np.log2(P[k]), rtol=1e-12)
     with pytest.raises(ValueError, match="dims"):
         bits_per_dim(0.0, 0, data_scale=2.0)
+    with pytest.raises(ValueError, match="n_bins must be an integer >= 2"):
+        bits_per_dim(0.0, 3, data_scale=2.0, n_bins=1)
