@@ -397,6 +397,12 @@ class LogitGamma(eqx.Module):
         return jax.nn.sigmoid(jnp.asarray(gamma))
 
 
+@eqx.filter_jit
+def _gamma_slopes(gamma: Callable, ts: Float[ArrayLike, " n"]) -> Float[Array, " n"]:
+    """γ'(t) on a grid, by forward-mode autodiff (one compiled call: eager vmap-jvp took ~1 s)."""
+    return jax.vmap(lambda t: jax.jvp(gamma, (t,), (jnp.ones_like(t),))[1])(jnp.asarray(ts))
+
+
 class LogSNRSDE(SDE):
     """Variance-preserving SDE defined by a monotone increasing γ(t) = −log SNR(t) (VDM).
 
@@ -415,6 +421,29 @@ class LogSNRSDE(SDE):
     def __init__(self, gamma: Callable | None = None, *, t_min: float = 0.0, T: float = 1.0):
         self.gamma = LinearGamma() if gamma is None else gamma
         self.t_min, self.T = _check_range(t_min, T, allow_zero=True)
+        self._check_increasing()
+
+    def _check_increasing(self, n: int = 65) -> None:
+        """γ must increase on [0, T] (log SNR decreasing): else g² = σ² γ' < 0 and the diffusion is
+        NaN. γ' ≥ 0 everywhere and > 0 somewhere is checked on a grid of ``n`` times when γ is
+        concrete (a γ with traced parameters, e.g. one initialised inside ``jit``, is not checked)."""
+        ts = np.linspace(0.0, self.T, n)
+        # float leaves (LinearGamma's endpoints) as arrays: traced, so new values do not recompile
+        gamma = jax.tree.map(lambda leaf: np.asarray(leaf) if isinstance(leaf, float) else leaf, self.gamma)
+        slopes = _gamma_slopes(gamma, ts)
+        if not _is_concrete(slopes):
+            return
+        slopes = np.asarray(slopes)
+        bad = ~(slopes >= 0)  # γ' = 0 at isolated points is allowed (CosineGamma at t = 0 and 1)
+        if not bad.any() and not (slopes > 0).any():
+            bad = slopes == 0
+        if bad.any():
+            t_bad = float(np.asarray(ts)[bad][0])
+            raise ValueError(
+                f"gamma must be increasing on [0, T] (γ = −log SNR; VDM's noise schedule); its "
+                f"derivative is {float(slopes[bad][0]):g} at t = {t_bad:g}. Use a monotone γ, e.g. "
+                "numerics.vdm.MonotoneGamma, or LinearGamma(gamma_min, gamma_max) with gamma_min < gamma_max."
+            )
 
     def gamma_and_derivative(self, t):
         t = self._t(t)

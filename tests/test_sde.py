@@ -177,3 +177,12 @@ def test_check_time_of_a_python_float_inside_jit():
     mix = numerics.GaussianMixture([0.4, 0.6], [[0.0], [1.0]], [[[1.0]], [[0.5]]])
     means = jax.jit(lambda m: m.diffuse(sde, 0.5).means)(mix)
     np.testing.assert_allclose(means, mix.diffuse(sde, 0.5).means, rtol=1e-15)
+
+
+def test_decreasing_gamma_raises():
+    """A γ = −log SNR that decreases gives g² = σ²γ' < 0 (NaN diffusion): rejected at construction."""
+    with pytest.raises(ValueError, match="gamma must be increasing .* derivative is -18.3"):
+        numerics.LogSNRSDE(numerics.LinearGamma(5.0, -13.3))
+    with pytest.raises(ValueError, match="gamma must be increasing"):
+        numerics.LogSNRSDE(lambda t: -13.3 + 18.3 * t - 30.0 * (t - 0.5) ** 2)  # decreasing past t = 0.8
+    assert float(numerics.LogSNRSDE(numerics.CosineGamma()).diffusion_sq(0.0)) == 0.0  # γ'(0) = 0 is allowed
