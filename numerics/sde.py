@@ -411,7 +411,9 @@ class LogSNRSDE(SDE):
     learned (any PyTree callable ``gamma``, e.g. an equinox network with monotone layers) —
     plug into the same likelihood and loss code. γ' is taken by forward-mode autodiff.
     If ``gamma`` has an ``inverse`` method it is used by :meth:`inverse_log_snr`; otherwise
-    bisection.
+    bisection. As in VDM, the process starts from q(z_0 | x) = N(α_0 x, σ_0²) with σ_0² = sigmoid(γ(0))
+    > 0 (γ_min = −13.3: α_0 ≈ 1 − 8·10⁻⁷), not from x itself: ``mean_coeff``/``variance`` are VDM's
+    α_t, σ_t² of q(z_t | x), and z_0 equals x only in the limit γ(0) → −∞ (Li & Yan's logit γ).
     """
 
     gamma: Callable
