@@ -47,6 +47,7 @@ __all__ = [
     "evaluations_per_step",
     "solve_evaluations",
     "check_solves",
+    "check_integer",
 ]
 
 
@@ -280,11 +281,13 @@ def check_solves(value: Array, ok: Bool[Array, " N"], *, what: str, max_steps: i
     return value
 
 
-def _integer(name: str, value, minimum: int, meaning: str) -> int:
-    """``value`` as an int ≥ ``minimum`` (an integral float such as 3.0 is accepted), else ValueError."""
+def check_integer(name: str, value, minimum: int = 1, meaning: str | None = None) -> int:
+    """``value`` as an int ≥ ``minimum`` (an integral float such as 3.0 is accepted), else a
+    ValueError naming ``name`` (and what it counts). Shared by the likelihood and the samplers."""
     ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
     if not ok or not math.isfinite(value) or int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} ({meaning}); got {value!r}.")
+        what = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{what}; got {value!r}.")
     return int(value)
 
 
@@ -333,10 +336,10 @@ def ode_log_likelihood(
         raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}.")
     if probe not in ("rademacher", "gaussian"):
         raise ValueError(f"probe must be 'rademacher' or 'gaussian'; got {probe!r}.")
-    n_probes = _integer("n_probes", n_probes, 1, "Hutchinson probes per sample")
+    n_probes = check_integer("n_probes", n_probes, 1, "Hutchinson probes per sample")
     if not (0 < rtol < math.inf and 0 < atol < math.inf):
         raise ValueError(f"rtol and atol must be positive and finite; got rtol={rtol}, atol={atol}.")
-    max_steps = _integer("max_steps", max_steps, 1, "the step limit")
+    max_steps = check_integer("max_steps", max_steps, 1, "the step limit")
     x = x if isinstance(x, jax.Array) else jnp.asarray(x)  # jnp.asarray of an Array costs ~6 µs
     if x.ndim < 2:
         raise ValueError(
@@ -400,8 +403,8 @@ def bits_per_dim(
     in nats (e.g. :attr:`LikelihoodResult.log_prob`); average over u and data outside.
     Check: the uniform density on [−1, 1]^D (data_scale = 2) gives exactly 8 bits/dim.
     """
-    dims = _integer("dims", dims, 1, "the number of pixel values per example")
+    dims = check_integer("dims", dims, 1, "the number of pixel values per example")
     if not 0 < data_scale < math.inf:
         raise ValueError(f"data_scale must be positive and finite; got {data_scale}.")
-    n_bins = _integer("n_bins", n_bins, 2, "256 for 8-bit data")
+    n_bins = check_integer("n_bins", n_bins, 2, "256 for 8-bit data")
     return -jnp.asarray(log_prob) / (dims * math.log(2.0)) + math.log2(n_bins) - math.log2(data_scale)

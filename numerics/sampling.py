@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from numerics.likelihood import SolverError, check_solves, solve_evaluations
+from numerics.likelihood import SolverError, check_integer, check_solves, solve_evaluations
 from numerics.sde import SDE
 
 __all__ = [
@@ -58,12 +58,6 @@ def _check_start(x_T) -> None:
         raise ValueError(f"x_T must be a JAX array of shape (N, *event) with a batch axis; got shape {shape}.")
     if not jnp.issubdtype(x_T.dtype, jnp.floating):
         raise ValueError(f"x_T must be floating point; got dtype {x_T.dtype}.")
-
-
-def _check_steps(name: str, n: int, minimum: int = 1) -> int:
-    if isinstance(n, bool) or int(n) != n or n < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {n!r}.")
-    return int(n)
 
 
 def time_grid(sde: SDE, n_steps: int, dtype=None) -> Float[Array, " n"]:
@@ -112,7 +106,7 @@ def euler_maruyama_sample(
     ICLR'21, Eq. 6). ``score_fn(x, t)`` takes one sample. Returns samples of ≈ q_{t_min} (or their
     Tweedie means with ``denoise=True``). Discretisation bias is O(1/n_steps)."""
     _check_start(x_T)
-    n_steps = _check_steps("n_steps", n_steps)
+    n_steps = check_integer("n_steps", n_steps)
     return _euler_maruyama(score_fn, sde, x_T, key, n_steps, bool(denoise))
 
 
@@ -156,8 +150,8 @@ def predictor_corrector_sample(
     exact step kernel and ``n_corrector`` Langevin steps with signal-to-noise ratio ``snr`` (r) per
     grid time. ``n_corrector=0`` gives the reverse-diffusion (ancestral-type) sampler alone."""
     _check_start(x_T)
-    n_steps = _check_steps("n_steps", n_steps)
-    n_corrector = _check_steps("n_corrector", n_corrector, minimum=0)
+    n_steps = check_integer("n_steps", n_steps)
+    n_corrector = check_integer("n_corrector", n_corrector, minimum=0)
     if not snr > 0:
         raise ValueError(f"snr must be positive; got {snr!r}.")
     return _predictor_corrector(score_fn, sde, x_T, key, n_steps, n_corrector, float(snr), bool(denoise))
@@ -213,7 +207,7 @@ def ode_sample(
     default Tsit5). Deterministic: no key. Raises :class:`SolverError` (inside a caller's ``jit``, an
     equinox runtime error) when a solve reaches ``max_steps`` or produces a non-finite value."""
     _check_start(x_T)
-    max_steps = _check_steps("max_steps", max_steps)
+    max_steps = check_integer("max_steps", max_steps)
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be positive; got rtol={rtol}, atol={atol}.")
     solver = diffrax.Tsit5() if solver is None else solver
