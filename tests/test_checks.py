@@ -50,6 +50,27 @@ def _assert(r):
     assert r.holds, r
 
 
+def _assert_mc(check, *args, seed: int, n_samples: int, confirm: int = 16, **kw):
+    """Assert every record of a Monte-Carlo check holds; a failing one is first re-run on fresh paths
+    with ``confirm``× the samples (SE ÷ √confirm) and fails the test only if it fails there too. With
+    hundreds of examples (the thorough profile) a one-sided 3-SE rule alone gives false alarms
+    (0.13% per record), and at a few hundred heavy-tailed per-path values the SE itself is
+    under-estimated now and then (seen: −3.0 SE at 256 paths, +0.3 SE at 4096, same case). A real
+    violation persists and fails; both records are in the message."""
+    def records(result):
+        result = result[0] if isinstance(result, tuple) else result  # check_dsm_constant: (r, c, se)
+        return list(result) if isinstance(result, list) else [result]
+
+    first = records(check(*args, seed=seed, n_samples=n_samples, **kw))
+    if all(r.holds for r in first):
+        return first
+    again = {r.name: r for r in records(check(*args, seed=seed + 7919, n_samples=confirm * n_samples, **kw))}
+    for r in first:
+        if not r.holds:
+            assert again[r.name].holds, (r, again[r.name])
+    return first
+
+
 @st.composite
 def mixture_pair(draw):
     if BROAD:
@@ -62,7 +83,7 @@ def mixture_pair(draw):
 @given(mixture_pair(), sdes(("vp", "ve")), st.integers(0, 2**20))
 def test_kl_dynamics_identity(qp, sde, seed):
     q, p = qp
-    _assert(kl_dynamics.check_kl_dynamics(q, p, sde, seed=seed, n_samples=N_REPORT))
+    _assert_mc(kl_dynamics.check_kl_dynamics, q, p, sde, seed=seed, n_samples=N_REPORT)
 
 
 def test_kl_dynamics_matches_gaussian_closed_form():
@@ -154,11 +175,12 @@ def test_song_mixture_identities(case):
     # and at 64 paths their SE estimate is too noisy for a 3-SE rule (a 3.8-SE false alarm was seen)
     n = N_REPORT
     r, c, c_se = song2021.check_dsm_constant(q, model, sde, seed=seed, n_samples=n)
-    _assert(r)
+    if not r.holds:
+        _assert_mc(song2021.check_dsm_constant, q, model, sde, seed=seed, n_samples=n)
     x = q.sample(numerics_key(seed), 1)[0]
-    _assert(song2021.check_theorem2_stein(q, model, sde, x, seed=seed, n_samples=n))
-    _assert(song2021.check_theorem2_tight(q, sde, x, seed=seed, n_samples=n))
-    _assert(song2021.check_eps_offset_bound(q, model, sde, seed=seed, n_samples=n))
+    _assert_mc(song2021.check_theorem2_stein, q, model, sde, x, seed=seed, n_samples=n)
+    _assert_mc(song2021.check_theorem2_tight, q, sde, x, seed=seed, n_samples=n)
+    _assert_mc(song2021.check_eps_offset_bound, q, model, sde, seed=seed, n_samples=n)
     if q.n_components == 1:  # symbolic target (THEORY.md §2.5); K = 1 always: test_dsm_constant_gaussian
         _assert_dsm_constant_gaussian(q, sde, c, c_se)
 
@@ -196,11 +218,10 @@ def test_vdm_checks(q, seed):
         lin, cos, n = LogSNRSDE(LinearGamma(-10.0, 6.0)), LogSNRSDE(CosineGamma(-10.0, 6.0)), 128
     else:  # the report's schedules and size (cases.run_all: max(64, n_samples // 4))
         lin, cos, n = LogSNRSDE(LinearGamma()), LogSNRSDE(CosineGamma()), max(64, N_REPORT // 4)
-    for r in vdm.check_vdm_monotone(q, lin, T_list=(4, 16), seed=seed, n_samples=n):
-        _assert(r)
-    _assert(vdm.check_vdm_schedule_invariance(q, lin, cos, seed=seed, n_samples=n))
+    _assert_mc(vdm.check_vdm_monotone, q, lin, T_list=(4, 16), seed=seed, n_samples=n)
+    _assert_mc(vdm.check_vdm_schedule_invariance, q, lin, cos, seed=seed, n_samples=n)
     model = random_perturbation(q.score_fn(lin), lin, q.dim, seed, 0.3)
-    _assert(vdm.check_vdm_perturbed(q, lin, model, seed=seed, n_samples=n))
+    _assert_mc(vdm.check_vdm_perturbed, q, lin, model, seed=seed, n_samples=n)
 
 
 def test_vdm_song_identity():
@@ -224,8 +245,7 @@ def test_vdm_gaussian_closed_form():
 @given(data_mixtures(), st.integers(0, 2**20))
 def test_li_yan_density_formula(q, seed):
     x = q.sample(numerics_key(seed), 1)[0]
-    for r in li_yan2024.check_density_formula(q, x, seed=seed, n_samples=max(128, N_REPORT // 2)):
-        _assert(r)
+    _assert_mc(li_yan2024.check_density_formula, q, x, seed=seed, n_samples=max(128, N_REPORT // 2))
     for r in li_yan2024.check_elbo_minimiser(q):
         _assert(r)
 
