@@ -397,10 +397,15 @@ class LogitGamma(eqx.Module):
         return jax.nn.sigmoid(jnp.asarray(gamma))
 
 
+def _gamma_and_slope(gamma: Callable, t):
+    """(γ(t), γ'(t)) by forward-mode autodiff."""
+    return jax.jvp(gamma, (t,), (jnp.ones_like(t),))
+
+
 @eqx.filter_jit
 def _gamma_slopes(gamma: Callable, ts: Float[ArrayLike, " n"]) -> Float[Array, " n"]:
-    """γ'(t) on a grid, by forward-mode autodiff (one compiled call: eager vmap-jvp took ~1 s)."""
-    return jax.vmap(lambda t: jax.jvp(gamma, (t,), (jnp.ones_like(t),))[1])(jnp.asarray(ts))
+    """γ'(t) on a grid (one compiled call: the eager vmap-jvp took ~1 s)."""
+    return jax.vmap(lambda t: _gamma_and_slope(gamma, t)[1])(jnp.asarray(ts))
 
 
 class LogSNRSDE(SDE):
@@ -448,8 +453,7 @@ class LogSNRSDE(SDE):
             )
 
     def gamma_and_derivative(self, t):
-        t = self._t(t)
-        return jax.jvp(self.gamma, (t,), (jnp.ones_like(t),))
+        return _gamma_and_slope(self.gamma, self._t(t))
 
     def drift_coeff(self, t):
         g, dg = self.gamma_and_derivative(t)
