@@ -364,12 +364,21 @@ def pareto(points: Sequence[dict], key: str = "time_s") -> list[tuple[float, flo
     return front
 
 
+def _loosest(points: Sequence[dict]) -> float:
+    """The largest finite worst-case error measured (the loosest tolerance's, normally)."""
+    return max((p["max_err"] for p in points if math.isfinite(p["max_err"])), default=float("nan"))
+
+
 def interp_time(points: Sequence[dict], err: float, key: str = "time_s") -> float:
-    """Time to reach worst-case error ``err``: log-log linear interpolation on the Pareto frontier
-    (NaN outside the frontier's error range)."""
+    """Time to reach worst-case error ``err``: log-log linear interpolation on the Pareto frontier.
+    Above the frontier's largest error (a looser tolerance measured no faster than a tighter one, so
+    it left the frontier) and up to the largest error measured, the frontier's fastest time: that
+    solve already reaches a smaller error. NaN below the smallest error or above the largest."""
     front = pareto(points, key)
-    if not front or not (front[0][0] <= err <= front[-1][0]):
+    if not front or not front[0][0] <= err <= max(front[-1][0], _loosest(points)):
         return float("nan")
+    if err >= front[-1][0]:
+        return front[-1][1]
     le = np.log([e for e, _ in front])
     lt = np.log([t for _, t in front])
     return float(np.exp(np.interp(math.log(err), le, lt)))
@@ -395,8 +404,9 @@ def best_time(front: Frontier, err: float, key: str = "time_s") -> tuple[float, 
 
 
 def error_range(front: Frontier, key: str = "time_s") -> tuple[float, float] | None:
-    """(smallest, largest) worst-case error on the Pareto frontier of any member."""
-    ends = [(f[0][0], f[-1][0]) for f in (pareto(p, key) for p in _members(front).values()) if f]
+    """(smallest, largest) worst-case error that any member reaches: the smallest on its Pareto
+    frontier, the largest measured (see :func:`interp_time`)."""
+    ends = [(f[0][0], max(f[-1][0], _loosest(p))) for p, f in ((p, pareto(p, key)) for p in _members(front).values()) if f]
     return (min(e[0] for e in ends), max(e[1] for e in ends)) if ends else None
 
 

@@ -80,3 +80,19 @@ def test_best_of_frontier(bench):
     assert [r["error"] for r in rows] == pytest.approx([1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
     assert [r["ours_solver"] for r in rows] == ["b", "b", "b", "a", "a"]  # at 1e-3: a ≈ √10 s < b = 4 s
     assert rows[-1]["ratio"] == pytest.approx(bench.interp_time(sp, 1e-2) / 1.0)
+
+
+def test_dominated_loose_point_still_bounds_the_loose_levels(bench):
+    # the loosest tolerance (error 1e-2) measured no faster than a tighter one (error 1e-3): it leaves
+    # the Pareto frontier, but the 1e-3 solve reaches error 1e-2 too, so the 1e-2 level is compared
+    # with the frontier's fastest time; beyond the loosest error measured there is no figure
+    ours = [dict(max_err=1e-2, time_s=2.0), dict(max_err=1e-3, time_s=1.5), dict(max_err=1e-5, time_s=3.0)]
+    assert bench.pareto(ours) == [(1e-5, 3.0), (1e-3, 1.5)]
+    assert bench.interp_time(ours, 1e-2) == 1.5
+    assert bench.interp_time(ours, 5e-3) == 1.5
+    assert math.isnan(bench.interp_time(ours, 2e-2))
+    assert bench.error_range(ours) == (1e-5, 1e-2)
+    sp = [dict(max_err=e, time_s=10.0 * e**-0.5) for e in (1e-1, 1e-3, 1e-5)]
+    rows = bench.compare_frontiers(ours, sp)
+    assert [r["error"] for r in rows] == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2])
+    assert rows[-1]["ratio"] == pytest.approx(10.0 * 1e-2**-0.5 / 1.5)

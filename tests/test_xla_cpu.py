@@ -1,0 +1,56 @@
+"""numerics._xla_cpu (the small-loop threshold added to XLA_FLAGS) and
+numerics._dispatch.as_one_kernel (a small eager program run as one XLA:CPU kernel)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import numerics
+from numerics._dispatch import as_one_kernel
+from numerics._xla_cpu import SMALL_LOOP_BYTES, _with_threshold
+
+_T = f"xla_cpu_small_while_loop_byte_threshold={SMALL_LOOP_BYTES}"
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("", f"--xla_backend_extra_options={_T}"),
+        ("--xla_force_host_platform_device_count=2", f"--xla_force_host_platform_device_count=2 --xla_backend_extra_options={_T}"),
+        ("--xla_backend_extra_options=a=1", f"--xla_backend_extra_options=a=1,{_T}"),
+        ("--xla_backend_extra_options=", f"--xla_backend_extra_options={_T}"),
+        # a threshold the user chose is kept as it is
+        ("--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=7",
+         "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=7"),
+    ],
+)
+def test_threshold_added_to_xla_flags(flags, expected):
+    assert _with_threshold(flags, SMALL_LOOP_BYTES) == expected
+
+
+def _program(arrays):
+    a, b = arrays
+    return jnp.sin(a) @ b + jnp.sum(jnp.cos(b)), jnp.cumsum(a, axis=0)
+
+
+@pytest.mark.parametrize("max_bytes", [0, SMALL_LOOP_BYTES])
+def test_one_kernel_gives_the_direct_result(max_bytes):
+    a = jnp.linspace(0.0, 1.0, 12).reshape(3, 4)
+    b = jnp.linspace(-1.0, 2.0, 8).reshape(4, 2)
+    f = jax.jit(lambda arrs: as_one_kernel(_program, arrs, arrs[0][0, 1] > 0, max_bytes=max_bytes))
+    got, want = f((a, b)), _program((a, b))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-14, atol=1e-14)
+    hlo = f.lower((a, b)).as_text()
+    assert ("while" in hlo) == (max_bytes > 0)  # above max_bytes: called directly, no loop
+
+
+def test_one_kernel_is_compiled_as_one_call_when_tuned():
+    if not numerics.XLA_CPU_TUNED or jax.default_backend() != "cpu":
+        pytest.skip("the XLA:CPU small-loop threshold is not in effect in this process")
+    a = jnp.linspace(0.0, 1.0, 12).reshape(3, 4)
+    b = jnp.linspace(-1.0, 2.0, 8).reshape(4, 2)
+    f = jax.jit(lambda arrs: as_one_kernel(_program, arrs, arrs[0][0, 1] > 0, max_bytes=SMALL_LOOP_BYTES))
+    # XLA's hoisting pass marks the loop it compiles as one kernel with this attribute
+    assert "xla_cpu_small_call" in f.lower((a, b)).compile().as_text()
