@@ -22,7 +22,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import jax
 import jax.numpy as jnp
@@ -86,31 +85,48 @@ KILL_FILE = os.path.join("eval", f"step300-ema-seed0-bs{BS}-mixture-three_blobs_
                          "ode-continuous-exact-tol1e-05-dev1.jsonl")
 
 
-def _wait_for_records(proc, path, k: int, timeout: float = 300.0) -> None:
+KILLER_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    pid, path, k = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     t0 = time.time()
-    while time.time() - t0 < timeout:
-        if os.path.exists(path):
+    while time.time() - t0 < 300:
+        try:
             with open(path) as f:
-                n_done = sum(1 for line in f if line.endswith("\n")) - 1  # minus the header line
-            if n_done >= k:
-                return
-        if proc.poll() is not None:
-            raise AssertionError(f"eval ended (rc={proc.returncode}) before {k} batches: {proc.stderr.read()[-3000:]}")
-        time.sleep(0.002)
-    raise AssertionError("no finished batch appeared in time")
+                n_done = sum(1 for line in f if line.endswith("\\n")) - 1  # minus the header line
+        except FileNotFoundError:
+            n_done = 0
+        if n_done >= k:
+            os.kill(pid, signal.SIGKILL)
+            sys.exit(0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            sys.exit(3)  # the evaluation ended on its own
+        time.sleep(0.001)
+    sys.exit(4)
+    """
+)
 
 
 class _Killer(threading.Thread):
-    """SIGKILLs ``proc`` as soon as the per-batch file at ``path`` holds ``k`` finished batches."""
+    """SIGKILLs ``proc`` as soon as the per-batch file at ``path`` holds ``k`` finished batches. The
+    watching runs in its own small process: a thread of the test process could wait for the GIL
+    while the test compiles, long enough for the evaluation to finish every batch."""
 
     def __init__(self, proc, path, k: int = 1):
         super().__init__(daemon=True)
-        self.proc, self.path, self.k, self.error = proc, path, k, None
+        self.proc, self.error = proc, None
+        self.watcher = subprocess.Popen([sys.executable, "-c", KILLER_SCRIPT, str(proc.pid), path, str(k)])
 
     def run(self):
         try:
-            _wait_for_records(self.proc, self.path, self.k)
-            self.proc.send_signal(signal.SIGKILL)
+            rc = self.watcher.wait(timeout=400)
+            if rc == 3:
+                raise AssertionError(f"eval ended (rc={self.proc.wait()}) before a finished batch was seen: "
+                                     f"{self.proc.stderr.read()[-3000:]}")
+            if rc != 0:
+                raise AssertionError(f"no finished batch appeared in time (watcher rc={rc})")
         except AssertionError as e:
             self.error = e
         finally:
