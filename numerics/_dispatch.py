@@ -37,7 +37,8 @@ def _hashable(obj) -> bool:
     return True
 
 
-def leaf_jit(fn: Callable | None = None, *, max_entries: int = 64) -> Callable:
+def leaf_jit(fn: Callable | None = None, *, max_entries: int = 64,
+             compiler_options: Callable[..., dict | None] | None = None) -> Callable:
     """``jax.jit`` of ``fn`` over positional PyTree arguments with :func:`equinox.filter_jit`'s
     split: array leaves (jax, numpy, tracers) are traced, all other leaves are static and hashed.
 
@@ -45,9 +46,12 @@ def leaf_jit(fn: Callable | None = None, *, max_entries: int = 64) -> Callable:
     dtype, so another model or mixture of the same structure and shapes does not recompile. At most
     ``max_entries`` structures are kept (least recently used dropped). A static leaf that cannot be
     hashed raises ``TypeError`` (as in ``filter_jit``). ``fn`` must return a PyTree of arrays.
+    ``compiler_options(*args)``, if given, is called once per new entry and returns XLA compiler
+    options for it (``jax.jit``'s ``compiler_options``) or None; a call inside another trace (jit,
+    grad, vmap: an argument is a tracer) gets none, as JAX takes them only on a top-level jit.
     """
     if fn is None:
-        return functools.partial(leaf_jit, max_entries=max_entries)
+        return functools.partial(leaf_jit, max_entries=max_entries, compiler_options=compiler_options)
     entries: OrderedDict = OrderedDict()
 
     @functools.wraps(fn)
@@ -56,6 +60,8 @@ def leaf_jit(fn: Callable | None = None, *, max_entries: int = 64) -> Callable:
         mask = tuple(isinstance(leaf, _ARRAY_TYPES) for leaf in leaves)
         static = tuple(None if is_array else leaf for is_array, leaf in zip(mask, leaves))
         key = (treedef, mask, static, tuple(map(type, static)))  # types too: 1 and 1.0 trace differently
+        if compiler_options is not None:  # jax accepts compiler options only on a top-level jit
+            key += (any(isinstance(leaf, jax.core.Tracer) for leaf in leaves),)
         try:
             jitted = entries.get(key)
         except TypeError as err:
@@ -65,7 +71,9 @@ def leaf_jit(fn: Callable | None = None, *, max_entries: int = 64) -> Callable:
                 "every leaf that is not an array is a compile-time constant and must be hashable."
             ) from err
         if jitted is None:
-            jitted = entries[key] = jax.jit(functools.partial(_rebuilt, fn, treedef, mask, static))
+            options = None if compiler_options is None or key[-1] else compiler_options(*args)
+            jitted = entries[key] = jax.jit(functools.partial(_rebuilt, fn, treedef, mask, static),
+                                            compiler_options=options)
             if len(entries) > max_entries:
                 entries.popitem(last=False)
         else:

@@ -23,6 +23,7 @@ equinox runtime error with the same message) — never silent garbage.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -198,7 +199,25 @@ def _solve(field, y0, tols, solver, max_steps, norm):
     return jax.tree.map(lambda v: v[-1], sol.ys), num_steps, nfe, sol.result == diffrax.RESULTS.successful
 
 
-@leaf_jit
+def _compiler_options(score_fn, *args) -> dict | None:
+    """XLA options of the compiled solve, chosen by the score: its ``xla_compiler_options``
+    attribute if it has one (the exact mixture score does, see
+    :data:`numerics.mixture.MixtureScore.xla_compiler_options`) and this jaxlib knows them."""
+    options = getattr(score_fn, "xla_compiler_options", None)
+    return options if options and _compiler_options_supported(tuple(sorted(options.items()))) else None
+
+
+@functools.cache
+def _compiler_options_supported(items: tuple) -> bool:
+    """Whether this jaxlib accepts these compiler options (one tiny compile, once per process)."""
+    try:
+        jax.jit(lambda a: a + 1, compiler_options=dict(items)).lower(np.float32(0)).compile()
+    except Exception:  # an option this XLA does not know: run with its defaults
+        return False
+    return True
+
+
+@functools.partial(leaf_jit, compiler_options=_compiler_options)
 def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_steps, shared, in_graph):
     """The whole batch in one compiled call; tolerances and times are traced (no recompilation).
     :func:`numerics._dispatch.leaf_jit`, not ``eqx.filter_jit``: ~70 µs less host time per call.

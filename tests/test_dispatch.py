@@ -62,3 +62,23 @@ def test_unhashable_static_leaf_raises_and_cache_is_bounded():
     assert traces == [0.0, 1.0, 2.0, 0.0]
     f(1, jnp.ones(2))  # an int is another static value than the float 1.0 (different trace)
     assert traces[-1] == 1 and type(traces[-1]) is int
+
+
+def test_compiler_options_chosen_once_per_entry():
+    calls = []
+
+    def options(model, x):
+        calls.append(type(model).__name__)
+        return {"xla_cpu_enable_fast_math": False}
+
+    f = leaf_jit(lambda m, x: m.scale * x, compiler_options=options)
+    m = _Affine(jnp.asarray(2.0), "a")
+    np.testing.assert_allclose(f(m, jnp.arange(3.0)), 2.0 * np.arange(3.0))
+    f(_Affine(jnp.asarray(3.0), "a"), jnp.arange(3.0))
+    assert calls == ["_Affine"]  # a new array value reuses the entry and its options
+    f(_Affine(jnp.asarray(3.0), "b"), jnp.arange(3.0))
+    assert len(calls) == 2
+    # nested in a jit or grad, JAX refuses compiler options: that entry gets none
+    np.testing.assert_allclose(jax.jit(lambda x: f(m, x))(jnp.arange(3.0)), 2.0 * np.arange(3.0))
+    assert jax.grad(lambda s: jnp.sum(f(_Affine(s, "a"), jnp.arange(3.0))))(jnp.asarray(2.0)) == 3.0
+    assert len(calls) == 2

@@ -54,3 +54,16 @@ def test_one_kernel_is_compiled_as_one_call_when_tuned():
     f = jax.jit(lambda arrs: as_one_kernel(_program, arrs, arrs[0][0, 1] > 0, max_bytes=SMALL_LOOP_BYTES))
     # XLA's hoisting pass marks the loop it compiles as one kernel with this attribute
     assert "xla_cpu_small_call" in f.lower((a, b)).compile().as_text()
+
+
+def test_mixture_solve_options_reach_the_compiled_program():
+    """The exact mixture score's XLA options (YNNPACK for dots only) are accepted by this jaxlib and
+    used for its likelihood solve; a score without them gets none."""
+    from numerics import likelihood as lik
+
+    sde = numerics.VPSDE()
+    mix = numerics.GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], [np.eye(2), 0.5 * np.eye(2)])
+    opts = lik._compiler_options(mix.score_fn(sde))
+    assert opts == numerics.MixtureScore.xla_compiler_options
+    assert lik._compiler_options(lambda x, t: -x) is None
+    assert not lik._compiler_options_supported((("xla_no_such_option_anywhere", "1"),))
