@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -100,11 +101,17 @@ def as_one_kernel(fn: Callable, arrays, run, *, max_bytes: int):
     nbytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(arrays))
     if nbytes > max_bytes:
         return fn(arrays)
-    out = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, arrays))
+    # Trace fn once (its output structure is needed for the loop's initial state), then replay the
+    # jaxpr inside the loop instead of tracing fn's Python a second time.
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(arrays)
+    out_leaves, out_tree = jax.tree.flatten(out_shape)
+    init = [jnp.zeros(s.shape, s.dtype) for s in out_leaves]
+    replay = jax.extend.core.jaxpr_as_fun(closed)
 
     def body(carry):
         _, arrs, _ = carry
         arrs = jax.lax.optimization_barrier(arrs)
-        return jnp.bool_(True), arrs, fn(arrs)
+        return jnp.bool_(True), arrs, replay(*jax.tree.leaves(arrs))
 
-    return jax.lax.while_loop(lambda c: run & ~c[0], body, (jnp.bool_(False), arrays, out))[2]
+    out = jax.lax.while_loop(lambda c: run & ~c[0], body, (jnp.bool_(False), arrays, init))[2]
+    return jax.tree.unflatten(out_tree, out)
