@@ -227,7 +227,7 @@ def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_ste
     every output and the backward pass depend on the check; otherwise the caller raises
     :class:`SolverError` from the returned ``ok``. On that eager path a small problem runs as one
     XLA:CPU kernel (:func:`numerics._dispatch.as_one_kernel`; 1.3–1.5× faster at 8 points)."""
-    if in_graph:
+    if in_graph or jax.default_backend() != "cpu":  # the one-kernel form is an XLA:CPU matter
         return _solve_body(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_steps, shared, in_graph)
     arrays, static = eqx.partition((score_fn, sde, prior_log_prob, x, probes, tols), eqx.is_array)
 
