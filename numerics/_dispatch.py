@@ -39,7 +39,8 @@ def _hashable(obj) -> bool:
 
 
 def leaf_jit(fn: Callable | None = None, *, max_entries: int = 64,
-             compiler_options: Callable[..., dict | None] | None = None) -> Callable:
+             compiler_options: Callable[..., dict | None] | None = None,
+             traced_kwarg: str | None = None) -> Callable:
     """``jax.jit`` of ``fn`` over positional PyTree arguments with :func:`equinox.filter_jit`'s
     split: array leaves (jax, numpy, tracers) are traced, all other leaves are static and hashed.
 
@@ -50,9 +51,12 @@ def leaf_jit(fn: Callable | None = None, *, max_entries: int = 64,
     ``compiler_options(*args)``, if given, is called once per new entry and returns XLA compiler
     options for it (``jax.jit``'s ``compiler_options``) or None; a call inside another trace (jit,
     grad, vmap: an argument is a tracer) gets none, as JAX takes them only on a top-level jit.
+    ``traced_kwarg``, if given, names a keyword argument of ``fn`` that receives (statically) whether
+    the call is inside another trace, so ``fn`` can choose a form that is only valid eagerly.
     """
     if fn is None:
-        return functools.partial(leaf_jit, max_entries=max_entries, compiler_options=compiler_options)
+        return functools.partial(leaf_jit, max_entries=max_entries, compiler_options=compiler_options,
+                                 traced_kwarg=traced_kwarg)
     entries: OrderedDict = OrderedDict()
 
     @functools.wraps(fn)
@@ -60,9 +64,10 @@ def leaf_jit(fn: Callable | None = None, *, max_entries: int = 64,
         leaves, treedef = jax.tree.flatten(args)
         mask = tuple(isinstance(leaf, _ARRAY_TYPES) for leaf in leaves)
         static = tuple(None if is_array else leaf for is_array, leaf in zip(mask, leaves))
-        key = (treedef, mask, static, tuple(map(type, static)))  # types too: 1 and 1.0 trace differently
-        if compiler_options is not None:  # jax accepts compiler options only on a top-level jit
-            key += (any(isinstance(leaf, jax.core.Tracer) for leaf in leaves),)
+        # types too (1 and 1.0 trace differently); and whether any argument is a tracer (inside jit,
+        # grad or vmap), where JAX refuses compiler options and fn may need its traceable form
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf, is_array in zip(leaves, mask) if is_array)
+        key = (treedef, mask, static, tuple(map(type, static)), traced)
         try:
             jitted = entries.get(key)
         except TypeError as err:
@@ -72,8 +77,9 @@ def leaf_jit(fn: Callable | None = None, *, max_entries: int = 64,
                 "every leaf that is not an array is a compile-time constant and must be hashable."
             ) from err
         if jitted is None:
-            options = None if compiler_options is None or key[-1] else compiler_options(*args)
-            jitted = entries[key] = jax.jit(functools.partial(_rebuilt, fn, treedef, mask, static),
+            options = None if compiler_options is None or traced else compiler_options(*args)
+            call = fn if traced_kwarg is None else functools.partial(fn, **{traced_kwarg: traced})
+            jitted = entries[key] = jax.jit(functools.partial(_rebuilt, call, treedef, mask, static),
                                             compiler_options=options)
             if len(entries) > max_entries:
                 entries.popitem(last=False)

@@ -217,17 +217,19 @@ def _compiler_options_supported(items: tuple) -> bool:
     return True
 
 
-@functools.partial(leaf_jit, compiler_options=_compiler_options)
-def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_steps, shared, in_graph):
+@functools.partial(leaf_jit, compiler_options=_compiler_options, traced_kwarg="traced")
+def _solve_batch(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_steps, shared, in_graph, *, traced):
     """The whole batch in one compiled call; tolerances and times are traced (no recompilation).
     :func:`numerics._dispatch.leaf_jit`, not ``eqx.filter_jit``: ~70 µs less host time per call.
 
     ``in_graph`` (the caller is inside ``jit``/``grad``/``vmap``): a failed solve is attached with
     :func:`equinox.error_if` to the state at T, before the prior and the log-det are read from it, so
     every output and the backward pass depend on the check; otherwise the caller raises
-    :class:`SolverError` from the returned ``ok``. On that eager path a small problem runs as one
-    XLA:CPU kernel (:func:`numerics._dispatch.as_one_kernel`; 1.3–1.5× faster at 8 points)."""
-    if in_graph or jax.default_backend() != "cpu":  # the one-kernel form is an XLA:CPU matter
+    :class:`SolverError` from the returned ``ok``. ``traced`` (set by :func:`leaf_jit`): an argument
+    is a tracer, e.g. under ``grad`` with respect to the model's parameters without ``jit``. Eagerly, a
+    small problem runs as one XLA:CPU kernel (:func:`numerics._dispatch.as_one_kernel`; 1.3–1.5×
+    faster at 8 points), which has no reverse-mode derivative."""
+    if traced or in_graph or jax.default_backend() != "cpu":  # one kernel: eager XLA:CPU only
         return _solve_body(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_steps, shared, in_graph)
     arrays, static = eqx.partition((score_fn, sde, prior_log_prob, x, probes, tols), eqx.is_array)
 
@@ -382,12 +384,10 @@ def ode_log_likelihood(
         raise ValueError(f"x is an empty batch (shape {x.shape}); pass at least one sample.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating-point array; got dtype {x.dtype}.")
-    # On the device (no host copy of the batch; works when sharded). A traced result or argument means
-    # the caller is inside jit/grad/vmap (even with a concrete x): then every check is attached in graph.
+    # On the device (no host copy of the batch; works when sharded). A traced result means the caller
+    # is inside jit/grad/vmap (even with a concrete x): then every check is attached in graph.
     bad_rows = _non_finite_rows(x)
-    # Under grad (even without jit) the arrays are tracers while the NaN count may come back concrete.
-    in_graph = isinstance(bad_rows, jax.core.Tracer) or any(
-        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((x, score_fn, sde, prior_log_prob)))
+    in_graph = isinstance(bad_rows, jax.core.Tracer)
     nan_message = "x contains NaN or inf in {} of " + f"{x.shape[0]} samples; remove or fix them."
     if in_graph:
         x = eqx.error_if(x, bad_rows, nan_message.format("some"))

@@ -1,5 +1,7 @@
 """numerics._dispatch.leaf_jit: equinox.filter_jit's split of arguments with a cheaper dispatch."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -82,3 +84,19 @@ def test_compiler_options_chosen_once_per_entry():
     np.testing.assert_allclose(jax.jit(lambda x: f(m, x))(jnp.arange(3.0)), 2.0 * np.arange(3.0))
     assert jax.grad(lambda s: jnp.sum(f(_Affine(s, "a"), jnp.arange(3.0))))(jnp.asarray(2.0)) == 3.0
     assert len(calls) == 2
+
+
+def test_traced_kwarg_tells_fn_whether_it_is_inside_a_trace():
+    seen = []
+
+    @functools.partial(leaf_jit, traced_kwarg="traced")
+    def f(m, x, *, traced):
+        seen.append(traced)
+        return m.scale * x
+
+    m = _Affine(jnp.asarray(2.0), "a")
+    f(m, jnp.arange(3.0))
+    jax.grad(lambda s: jnp.sum(f(_Affine(s, "a"), jnp.arange(3.0))))(jnp.asarray(2.0))  # eager grad: traced
+    assert seen == [False, True]  # appended while tracing
+    np.testing.assert_allclose(jax.jit(lambda x: f(m, x))(jnp.arange(3.0)), 2.0 * np.arange(3.0))
+    assert seen[-1] is True

@@ -243,3 +243,19 @@ def test_bits_per_dim_is_exact_for_histogram_densities():
         bits_per_dim(0.0, 0, data_scale=2.0)
     with pytest.raises(ValueError, match="n_bins must be an integer >= 2"):
         bits_per_dim(0.0, 3, data_scale=2.0, n_bins=1)
+
+
+def test_eager_gradient_with_respect_to_the_model_equals_the_jitted_one():
+    """grad of the likelihood w.r.t. the score's parameters without jit (the arguments are tracers, x is
+    concrete): the eager one-kernel form must not be used (it has no reverse-mode derivative), and the
+    gradient equals the one computed under jit."""
+    mix, sde, x, prior = _hutchinson_case()
+
+    def nll(means):
+        m = numerics.GaussianMixture(mix.weights, means, mix.covariances)
+        return -jnp.sum(ode_log_likelihood(m.score_fn(sde), sde, x[:3], rtol=1e-8, atol=1e-8, prior_log_prob=prior).log_prob)
+
+    eager = jax.grad(nll)(mix.means)
+    jitted = jax.jit(jax.grad(nll))(mix.means)
+    assert np.all(np.isfinite(np.asarray(eager)))
+    np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), rtol=1e-9, atol=1e-9)
