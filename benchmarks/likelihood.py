@@ -167,14 +167,14 @@ def highdim_case(batch: int, *, dim: int = 100, n_components: int = 4, seed: int
 
 
 # --- the two methods -------------------------------------------------------------------------------
-OURS_SOLVERS = {"Tsit5": diffrax.Tsit5, "Dopri8": diffrax.Dopri8}
+OURS_SOLVERS = {"Tsit5": diffrax.Tsit5(), "Dopri8": diffrax.Dopri8()}  # built once, as a caller would
 SCIPY_METHODS = ("RK45", "DOP853")
 
 
 def ours_log_prob(case: Case, tol: float, *, solver: str = "Tsit5", divergence: str = "exact", key=None):
     """The in-graph likelihood. Returns (log p as numpy (N,), nfe as numpy (N,))."""
     kw = {} if divergence == "exact" else dict(divergence="hutchinson", n_probes=1, key=key)
-    res = ode_log_likelihood(case.score_fn, case.sde, case.x, rtol=tol, atol=tol, solver=OURS_SOLVERS[solver](),
+    res = ode_log_likelihood(case.score_fn, case.sde, case.x, rtol=tol, atol=tol, solver=OURS_SOLVERS[solver],
                              prior_log_prob=case.prior_log_prob, **kw)
     return np.asarray(res.log_prob.block_until_ready()), np.asarray(res.nfe)
 
