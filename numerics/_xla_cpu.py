@@ -20,7 +20,7 @@ dispatch that the host-driven baseline of the benchmark gains more from (3× per
 from __future__ import annotations
 
 import os
-import shlex
+import re
 
 __all__ = ["SMALL_LOOP_BYTES", "tune"]
 
@@ -30,16 +30,16 @@ _EXTRA = "--xla_backend_extra_options="
 
 
 def _with_threshold(flags: str, nbytes: int) -> str:
-    """``flags`` (an XLA_FLAGS string) with the small-loop threshold added to its backend options."""
+    """``flags`` (an XLA_FLAGS string) with the small-loop threshold added to its backend options.
+    The rest of the string is kept byte for byte (quoted paths included)."""
     if _OPTION in flags:
         return flags
-    parts = shlex.split(flags)
-    for i, part in enumerate(parts):
-        if part.startswith(_EXTRA):
-            rest = part[len(_EXTRA):]
-            parts[i] = f"{_EXTRA}{rest},{_OPTION}={nbytes}" if rest else f"{_EXTRA}{_OPTION}={nbytes}"
-            return " ".join(parts)
-    return " ".join([*parts, f"{_EXTRA}{_OPTION}={nbytes}"])
+    entry = f"{_OPTION}={nbytes}"
+    match = re.search(r"(?:^|\s)--xla_backend_extra_options=(\S*)", flags)
+    if match is None:
+        return f"{flags} {_EXTRA}{entry}".strip()
+    rest = match.group(1)
+    return flags[: match.start(1)] + (f"{rest},{entry}" if rest else entry) + flags[match.end(1):]
 
 
 def _backends_initialized() -> bool:

@@ -20,6 +20,10 @@ _T = f"xla_cpu_small_while_loop_byte_threshold={SMALL_LOOP_BYTES}"
         ("--xla_force_host_platform_device_count=2", f"--xla_force_host_platform_device_count=2 --xla_backend_extra_options={_T}"),
         ("--xla_backend_extra_options=a=1", f"--xla_backend_extra_options=a=1,{_T}"),
         ("--xla_backend_extra_options=", f"--xla_backend_extra_options={_T}"),
+        # the rest of the string is kept as it is, quotes and all
+        ('--xla_dump_to="/tmp/a b" --xla_backend_extra_options=a=1 --xla_dump_hlo_as_text',
+         f'--xla_dump_to="/tmp/a b" --xla_backend_extra_options=a=1,{_T} --xla_dump_hlo_as_text'),
+        ('--xla_dump_to="/tmp/a b"', f'--xla_dump_to="/tmp/a b" --xla_backend_extra_options={_T}'),
         # a threshold the user chose is kept as it is
         ("--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=7",
          "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=7"),
