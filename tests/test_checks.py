@@ -276,8 +276,10 @@ def test_lu_high_order_minimisers(q, sde, seed):
 @given(mixture_sde_model(kinds=("vp", "subvp")))
 def test_importance_sampling_same_mean(case):
     q, sde, model, seed = case
-    r = importance.check_importance_sampling(q, model, sde, seed=seed, n_samples=20 * N_REPORT, n_quad_samples=128)
-    _assert(r)
+    # thorough profile, seed 231 (1-D, t_min = 1e-4): −4.9 SE at 5120 samples, −0.1 SE at 81920 — the
+    # uniform-t estimator is heavy-tailed (its variance grows like 1/t_min), so its SE is under-estimated
+    (r,) = _assert_mc(importance.check_importance_sampling, q, model, sde, seed=seed, n_samples=20 * N_REPORT,
+                      n_quad_samples=128)
     assert r.settings["var_is"] > 0 and r.settings["var_uniform"] > 0
 
 
