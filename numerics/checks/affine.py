@@ -9,7 +9,8 @@ v_t = α_t² s² + σ_t², and the model laws are Gaussian N(μ_t, w_t) solving,
     SDE model (Song+21 Eq. 6):  dμ/dt = f μ + g² (μ − m̂)/v̂,     dw/dt = 2 (f + g²/v̂) w − g²
     ODE model (Song+21 Eq. 13): dμ/dt = f μ + ½ g² (μ − m̂)/v̂,   dw/dt = 2 (f + ½ g²/v̂) w
 
-solved with diffrax (Dopri8, rtol 1e-11) at the quadrature nodes. For the ODE model the same solve
+solved with diffrax (Tsit5, rtol 1e-11) at the quadrature nodes, as deviations from q_t's
+(m_t, v_t) (see ``_vector_field``). For the ODE model the same solve
 carries the Grönwall comparison function y(t) of THEORY.md §3.3,
 
     −dy/dt = ½ g² ρ(t) + a(t) y,   y(T) = √D_F(q_T‖π),   a = ½ (g² K + 2 f),  K = max_d 1/v_{t,d},
@@ -63,24 +64,42 @@ def gauss_kl(m1, v1, m2, v2):
     return 0.5 * jnp.sum(v1 / v2 + (m1 - m2) ** 2 / v2 - 1.0 - jnp.log(v1 / v2), axis=-1)
 
 
+def _gauss_kl_dev(v1, dm, dv):
+    """:func:`gauss_kl` of N(m, v1) against N(m + dm, v1 + dv), from the deviations (no cancellation
+    when they are small): ½ Σ [−r − log(1 − r) + dm²/(v1 + dv)], r = dv/(v1 + dv)."""
+    v2 = v1 + dv
+    r = dv / v2
+    return 0.5 * jnp.sum(-r - jnp.log1p(-r) + dm**2 / v2, axis=-1)
+
+
 def quad_moment(A1, B1, A2, B2, m, v):
     """E[(A1 x + B1)(A2 x + B2)] for x ~ N(m, v), elementwise (THEORY.md §6.2)."""
     return A1 * A2 * (v + m**2) + (A1 * B2 + A2 * B1) * m + B1 * B2
 
 
 def _vector_field(t, state, args):
+    """d/dt of (μ_t − m_t, w_t − v_t, y_t): the model law's deviation from the data law q_t = N(m_t, v_t).
+
+    The deviations are integrated, not μ and w: with a good model and prior they are ~1e-5 of μ and w,
+    and a solve of μ and w to relative error ε leaves them (and every score error built from them) with
+    relative error ε·w/|w − v|. From dm/dt = f m and dv/dt = 2 f v + g² (THEORY.md §1.1),
+        d(μ − m)/dt = f (μ − m) + c g² ((μ − m) + (m − m̂))/v̂,
+        d(w − v)/dt = 2 f (w − v) + 2c g² ((w − v) + (v − v̂))/v̂,
+    with m − m̂ and v − v̂ the model's errors in closed form (exactly 0 for the exact score).
+    """
     model, mu_d, s2_d, sde, kind = args
-    mu, w, y = state
+    dmu_dev, dw_dev, y = state
     f = sde.drift_coeff(t)
     g2 = sde.diffusion_sq(t)
     mh, vh = model.params(sde, t)
-    c = 0.5 * (1.0 + kind)  # kind = 1: SDE model (c = 1), kind = 0: ODE model (c = ½)
-    dmu = f * mu + c * g2 * (mu - mh) / vh
-    dw = 2.0 * (f + c * g2 / vh) * w - kind * g2
-    # Grönwall comparison function (ODE model only; harmless otherwise)
     a_t = sde.mean_coeff(t)
     m = a_t * mu_d
     v = a_t**2 * s2_d + sde.variance(t)
+    c = 0.5 * (1.0 + kind)  # kind = 1: SDE model (c = 1), kind = 0: ODE model (c = ½)
+    ddmu = f * dmu_dev + c * g2 * (dmu_dev + (m - mh)) / vh
+    ddw = 2.0 * f * dw_dev + 2.0 * c * g2 * (dw_dev + (v - vh)) / vh
+    # Grönwall comparison function (ODE model only; harmless otherwise)
+    mu, w = m + dmu_dev, v + dw_dev
     A1, B1 = 1.0 / v - 1.0 / vh, mh / vh - m / v  # e_1 = s_θ − ∇log q
     E2 = 1.0 / v - 1.0 / vh  # ∇s_θ − ∇²log q (diagonal)
     RA = (-E2 - A1) / w  # r = E_2 ∇log p + (∇²log p) e_1, ∇log p = −(x − μ)/w
@@ -89,7 +108,7 @@ def _vector_field(t, state, args):
     K = jnp.max(1.0 / v)
     a = 0.5 * (g2 * K + 2.0 * f)
     dy = -(0.5 * g2 * rho + a * y)
-    return dmu, dw, dy
+    return ddmu, ddw, dy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,17 +162,19 @@ def affine_summary(
     kl_T = float(gauss_kl(mT, vTd, pi_m, pi_v))
     u_T2 = float(jnp.sum(quad_moment(1.0 / vTd - 1.0 / pi_v, pi_m / pi_v - mT / vTd,
                                      1.0 / vTd - 1.0 / pi_v, pi_m / pi_v - mT / vTd, mT, vTd)))
-    out = {}
+    out = {}  # deviations (μ_t − m_t, w_t − v_t) of the model laws from q_t, and y_t (see _vector_field)
     for kind in ("sde", "ode"):
-        out[kind] = _solve_init(model, mu, s2, sde, jnp.asarray(1.0 if kind == "sde" else 0.0), pi_m, pi_v, jnp.asarray(np.sqrt(u_T2)), jnp.asarray(ts))
+        out[kind] = _solve_init(model, mu, s2, sde, jnp.asarray(1.0 if kind == "sde" else 0.0), pi_m - mT,
+                                pi_v - vTd, jnp.asarray(np.sqrt(u_T2)), jnp.asarray(ts))
     t_nodes = jnp.asarray(ts[:-1])
     a = sde.mean_coeff(t_nodes)[:, None]
     m = a * mu
     v = a**2 * s2 + sde.variance(t_nodes)[:, None]
     mh, vh = jax.vmap(lambda t: model.params(sde, t))(t_nodes)
     A1, B1 = 1.0 / v - 1.0 / vh, mh / vh - m / v
-    mu_o, w_o, y_o = (z[:-1] for z in out["ode"])
-    A2, B2 = 1.0 / v - 1.0 / w_o, mu_o / w_o - m / v
+    dmu_o, dw_o, y_o = (z[:-1] for z in out["ode"])
+    w_o = v + dw_o  # ∇log p^ODE_t − ∇log q_t = A2 x + B2, written without cancellation
+    A2, B2 = dw_o / (v * w_o), (dmu_o * v - m * dw_o) / (v * w_o)
     e1sq = jnp.sum(quad_moment(A1, B1, A1, B1, m, v), -1)
     e1u = jnp.sum(quad_moment(A1, B1, A2, B2, m, v), -1)
     usq = jnp.sum(quad_moment(A2, B2, A2, B2, m, v), -1)
@@ -165,10 +186,12 @@ def affine_summary(
     ratio = float(jnp.max(usq / jnp.maximum(y_o**2, 1e-300)))
     a0 = sde.mean_coeff(jnp.asarray(t0))
     m0, v0 = a0 * mu, a0**2 * s2 + sde.variance(jnp.asarray(t0))
-    mu_s, w_s = out["sde"][0][-1], out["sde"][1][-1]
-    mu_o0, w_o0 = out["ode"][0][-1], out["ode"][1][-1]
-    kl_sde = float(gauss_kl(m0, v0, mu_s, w_s))
-    kl_ode = float(gauss_kl(m0, v0, mu_o0, w_o0))
+    dev_s = out["sde"][0][-1], out["sde"][1][-1]
+    dev_o = out["ode"][0][-1], out["ode"][1][-1]
+    mu_s, w_s = m0 + dev_s[0], v0 + dev_s[1]
+    mu_o0, w_o0 = m0 + dev_o[0], v0 + dev_o[1]
+    kl_sde = float(_gauss_kl_dev(v0, *dev_s))
+    kl_ode = float(_gauss_kl_dev(v0, *dev_o))
     H = float(0.5 * jnp.sum(jnp.log(2 * jnp.pi * jnp.e * v0)))
     return AffineSummary(
         kl_T, kl_sde, kl_ode, J_SM, J_ODE, J_F, J_Fb, ratio, H + kl_sde, H + kl_ode, H, grid.n,
@@ -188,7 +211,7 @@ def _solve_init(model, mu_d, s2_d, sde, kind, mu_T, w_T, y_T, ts):
         y0=(mu_T, w_T, y_T),
         args=(model, mu_d, s2_d, sde, kind),
         saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-13),
+        stepsize_controller=diffrax.PIDController(rtol=1e-11, atol=1e-16),
         max_steps=200_000,
     )
     return sol.ys
