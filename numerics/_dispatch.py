@@ -24,6 +24,9 @@ __all__ = ["leaf_jit", "as_one_kernel"]
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)  # equinox.is_array's notion of an array (tracers included)
 
 
+_NAN = object()  # the cache key of a float NaN static leaf
+
+
 def _rebuilt(fn: Callable, treedef, mask: tuple[bool, ...], static: tuple, arrays: list):
     it = iter(arrays)
     leaves = [next(it) if is_array else leaf for is_array, leaf in zip(mask, static)]
@@ -67,7 +70,9 @@ def leaf_jit(fn: Callable | None = None, *, max_entries: int = 64,
         # types too (1 and 1.0 trace differently); and whether any argument is a tracer (inside jit,
         # grad or vmap), where JAX refuses compiler options and fn may need its traceable form
         traced = any(isinstance(leaf, jax.core.Tracer) for leaf, is_array in zip(leaves, mask) if is_array)
-        key = (treedef, mask, static, tuple(map(type, static)), traced)
+        # a float NaN is not equal to itself: keyed as a marker, or every call would miss the cache
+        static_key = tuple(_NAN if leaf != leaf and isinstance(leaf, float) else leaf for leaf in static)
+        key = (treedef, mask, static_key, tuple(map(type, static)), traced)
         try:
             jitted = entries.get(key)
         except TypeError as err:

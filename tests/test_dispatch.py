@@ -100,3 +100,22 @@ def test_traced_kwarg_tells_fn_whether_it_is_inside_a_trace():
     assert seen == [False, True]  # appended while tracing
     np.testing.assert_allclose(jax.jit(lambda x: f(m, x))(jnp.arange(3.0)), 2.0 * np.arange(3.0))
     assert seen[-1] is True
+
+
+def test_nan_static_leaf_hits_the_cache():
+    """A float NaN static leaf (NaN != NaN) is one cache entry, not a new trace on every call."""
+    traces = []
+
+    @leaf_jit
+    def f(fill, x):
+        traces.append(1)  # runs only while tracing
+        return jnp.where(jnp.isnan(x), fill, x)
+
+    x = jnp.asarray([1.0, jnp.nan])
+    for _ in range(3):
+        out = f(float("nan"), x)
+    assert len(traces) == 1
+    out = np.asarray(out)
+    assert out[0] == 1.0 and np.isnan(out[1])
+    np.testing.assert_array_equal(np.asarray(f(0.0, x)), [1.0, 0.0])
+    assert len(traces) == 2
