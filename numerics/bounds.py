@@ -49,9 +49,9 @@ def neg_prior_expectation(sde: SDE, x0: Float[Array, "N *event"]) -> Float[Array
     dim = x0[0].size
     T = jnp.asarray(sde.T, x0.dtype)
     a_T, v_T = sde.mean_coeff(T), sde.variance(T)
-    s2 = float(sde.prior_std) ** 2
+    s2 = jnp.square(sde.prior_std)  # a traced parameter for the VE SDE: no float()
     sq = jnp.sum(jnp.square(x0.reshape(n, -1)), -1)
-    return (0.5 * (a_T**2 * sq + dim * v_T) / s2 + 0.5 * dim * math.log(2 * math.pi * s2)).astype(x0.dtype)
+    return (0.5 * (a_T**2 * sq + dim * v_T) / s2 + 0.5 * dim * jnp.log(2 * math.pi * s2)).astype(x0.dtype)
 
 
 def eps_offset_bound(

@@ -57,7 +57,12 @@ _DEFAULT_SOLVER = diffrax.Tsit5()
 
 
 class SolverError(RuntimeError):
-    """An ODE solve failed: the step limit was reached or a value was not finite."""
+    """An ODE solve failed: the step limit was reached or a value was not finite.
+
+    Raised by eager calls. Inside a caller's ``jit`` no Python exception of our choosing can leave
+    the compiled program: the same message then arrives as the runtime error of
+    :func:`equinox.error_if` (a ``RuntimeError``, as this class is), so ``except RuntimeError``
+    handles a failed solve both ways."""
 
 
 class LikelihoodResult(eqx.Module):

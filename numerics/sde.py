@@ -16,6 +16,7 @@ Eq. 1.1) links all four papers and gives the importance-sampling density of t.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Literal
@@ -77,6 +78,35 @@ def _check_positive(name: str, value: float) -> float:
     return value
 
 
+Param = Float[ArrayLike, ""]
+
+
+def _schedule_params(**bounds) -> dict[str, Array]:
+    """The schedule parameters of an SDE (``name=(value, strictly_above)`` in order): each a finite
+    positive scalar, and at least its predecessor (``strictly_above``: strictly greater).
+
+    Stored as weakly typed JAX scalars, so that they are traced leaves of the SDE's PyTree: an SDE
+    with other parameter values reuses the compiled likelihood, check or loss (a sweep over β_max
+    does not recompile; ~0.7 s per value before), parameters can be differentiated, and a weak
+    float64 scalar never promotes a float32 computation (training). A traced value (an SDE built
+    inside ``jit``) is taken as is: the checks need concrete values.
+    """
+    out, prev = {}, None
+    for name, (value, strict) in bounds.items():
+        if isinstance(value, jax.core.Tracer):
+            out[name] = value
+        else:
+            v = _check_positive(name, value)
+            if prev is not None and not isinstance(out[prev], jax.core.Tracer):
+                lo = float(out[prev])
+                if v < lo or (strict and v == lo):
+                    rel = ">" if strict else ">="
+                    raise ValueError(f"{name} ({v:g}) must be {rel} {prev} ({lo:g}).")
+            out[name] = jnp.asarray(v)  # a Python float → weakly typed
+        prev = name
+    return out
+
+
 class SDE(eqx.Module):
     """A linear SDE dx = f(t) x dt + g(t) dw on [0, T] with a Gaussian prior N(0, prior_std² I).
 
@@ -87,6 +117,21 @@ class SDE(eqx.Module):
 
     t_min: eqx.AbstractVar[float]
     T: eqx.AbstractVar[float]
+
+    # The schedule parameters are JAX scalars (traced leaves, see _schedule_params); an SDE still
+    # prints its values and, when they are concrete, hashes like a frozen dataclass of floats (a
+    # dict key or cache key, as before they were traced).
+    def _field_values(self) -> list:
+        def value(v):
+            return float(v) if isinstance(v, jax.Array) and v.ndim == 0 and _is_concrete(v) else v
+
+        return [(f.name, value(getattr(self, f.name))) for f in dataclasses.fields(self)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._field_values())})"
+
+    def __hash__(self) -> int:
+        return hash((type(self), *self._field_values()))
 
     # --- schedule: what a concrete SDE fills in -------------------------------------
     @abc.abstractmethod
@@ -107,7 +152,7 @@ class SDE(eqx.Module):
 
     @property
     @abc.abstractmethod
-    def prior_std(self) -> float:
+    def prior_std(self) -> float | Float[Array, ""]:
         """Standard deviation of the isotropic Gaussian prior π at time T."""
 
     def _t(self, t: Time) -> Array:
@@ -212,16 +257,14 @@ class VPSDE(SDE):
     B(t) = ∫_0^t β. Prior N(0, I).
     """
 
-    beta_min: float = eqx.field(static=True)
-    beta_max: float = eqx.field(static=True)
+    beta_min: Param  # traced (see _schedule_params): another value does not recompile
+    beta_max: Param
     t_min: float = eqx.field(static=True)
     T: float = eqx.field(static=True)
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-5, T: float = 1.0):
-        self.beta_min = _check_positive("beta_min", beta_min)
-        self.beta_max = _check_positive("beta_max", beta_max)
-        if self.beta_max < self.beta_min:
-            raise ValueError(f"beta_max ({beta_max}) must be >= beta_min ({beta_min}).")
+    def __init__(self, beta_min: Param = 0.1, beta_max: Param = 20.0, *, t_min: float = 1e-5, T: float = 1.0):
+        p = _schedule_params(beta_min=(beta_min, False), beta_max=(beta_max, False))
+        self.beta_min, self.beta_max = p["beta_min"], p["beta_max"]
         self.t_min, self.T = _check_range(t_min, T)
 
     def beta(self, t):
@@ -262,7 +305,7 @@ class SubVPSDE(VPSDE):
     Default t_min = 1e-2 as in score_flow's sub-VP configs (THEORY.md §1.2).
     """
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-2, T: float = 1.0):
+    def __init__(self, beta_min: Param = 0.1, beta_max: Param = 20.0, *, t_min: float = 1e-2, T: float = 1.0):
         super().__init__(beta_min, beta_max, t_min=t_min, T=T)
 
     def diffusion_sq(self, t):
@@ -290,33 +333,32 @@ class VESDE(SDE):
     reproduce the papers' numbers. Prior N(0, σ_max² I).
     """
 
-    sigma_min: float = eqx.field(static=True)
-    sigma_max: float = eqx.field(static=True)
+    sigma_min: Param  # traced (see _schedule_params): another value does not recompile
+    sigma_max: Param
     kernel: Literal["exact", "score_sde"] = eqx.field(static=True)
     t_min: float = eqx.field(static=True)
     T: float = eqx.field(static=True)
 
     def __init__(
         self,
-        sigma_min: float = 0.01,
-        sigma_max: float = 50.0,
+        sigma_min: Param = 0.01,
+        sigma_max: Param = 50.0,
         *,
         kernel: Literal["exact", "score_sde"] = "exact",
         t_min: float = 1e-5,
         T: float = 1.0,
     ):
-        self.sigma_min = _check_positive("sigma_min", sigma_min)
-        self.sigma_max = _check_positive("sigma_max", sigma_max)
-        if self.sigma_max <= self.sigma_min:
-            raise ValueError(f"sigma_max ({sigma_max}) must be > sigma_min ({sigma_min}).")
+        p = _schedule_params(sigma_min=(sigma_min, False), sigma_max=(sigma_max, True))
+        self.sigma_min, self.sigma_max = p["sigma_min"], p["sigma_max"]
         if kernel not in ("exact", "score_sde"):
             raise ValueError(f"kernel must be 'exact' or 'score_sde'; got {kernel!r}.")
         self.kernel = kernel
         self.t_min, self.T = _check_range(t_min, T)
 
     @property
-    def log_ratio(self) -> float:
-        return math.log(self.sigma_max / self.sigma_min)
+    def log_ratio(self) -> Float[Array, ""]:
+        """log r = log(σ_max/σ_min)."""
+        return jnp.log(self.sigma_max / self.sigma_min)
 
     def sigma(self, t):
         """σ(t) = σ_min r^t (the noise level of the code convention)."""
@@ -340,17 +382,17 @@ class VESDE(SDE):
     def log_snr(self, t):
         t = self._t(t)
         if self.kernel == "exact":
-            return -(2.0 * math.log(self.sigma_min) + jnp.log(jnp.expm1(2.0 * t * self.log_ratio)))
-        return -2.0 * (math.log(self.sigma_min) + t * self.log_ratio)
+            return -(2.0 * jnp.log(self.sigma_min) + jnp.log(jnp.expm1(2.0 * t * self.log_ratio)))
+        return -2.0 * (jnp.log(self.sigma_min) + t * self.log_ratio)
 
     def inverse_log_snr(self, log_snr):
         lam = jnp.asarray(log_snr)
         if self.kernel == "exact":
             return jnp.log1p(jnp.exp(-lam) / self.sigma_min**2) / (2.0 * self.log_ratio)
-        return (-0.5 * lam - math.log(self.sigma_min)) / self.log_ratio
+        return (-0.5 * lam - jnp.log(self.sigma_min)) / self.log_ratio
 
     @property
-    def prior_std(self) -> float:
+    def prior_std(self) -> Float[Array, ""]:
         return self.sigma_max
 
 

@@ -1,5 +1,6 @@
 """numerics.likelihood: the probability-flow ODE log-likelihood against exact mixture densities."""
 
+import functools
 import math
 
 import diffrax
@@ -96,16 +97,21 @@ def test_exact_divergence_on_images_shape():
     assert img.latent.shape == (2, 1, 2, 2)
 
 
+class _CountingScore(eqx.Module):
+    """A score that appends to ``traces`` each time it is traced (so a retrace shows)."""
+
+    inner: numerics.MixtureScore
+    traces: list = eqx.field(static=True)
+
+    def __call__(self, x, t):
+        self.traces.append(1)  # runs only while tracing
+        return self.inner(x, t)
+
+
 def test_no_recompilation_for_new_mixture_of_same_shapes():
     """Passing another mixture (a PyTree score) of the same shapes must not retrace the solve."""
     traces = []
-
-    class CountingScore(eqx.Module):
-        inner: numerics.MixtureScore
-
-        def __call__(self, x, t):
-            traces.append(1)  # runs only while tracing
-            return self.inner(x, t)
+    CountingScore = functools.partial(_CountingScore, traces=traces)
 
     sde = numerics.VPSDE()
     a = numerics.GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], [np.eye(2), 0.5 * np.eye(2)])
@@ -117,6 +123,35 @@ def test_no_recompilation_for_new_mixture_of_same_shapes():
     r2 = ode_log_likelihood(CountingScore(a.score_fn(sde)), sde, x + 0.5)
     assert len(traces) == n_after_first
     assert not np.allclose(np.asarray(r1.log_prob), np.asarray(r2.log_prob))
+
+
+def test_sweep_over_sde_parameters_reuses_the_compiled_solve():
+    """The SDE's schedule parameters are traced: a sweep over β_max (σ_max) must not retrace the
+    solve, and each call must use ITS values: with the exact score and the exact q_T as prior the
+    result is the exact log q_{t_min}(x) of that SDE."""
+    traces = []
+    CountingScore = functools.partial(_CountingScore, traces=traces)
+
+    mix = numerics.GaussianMixture([0.3, 0.7], [[0.0, 1.0], [1.5, -1.0]], [0.5 * np.eye(2), np.diag([0.3, 1.2])])
+    x = mix.sample(jax.random.key(3), 4)
+    for make, values in ((lambda v: numerics.VPSDE(beta_max=v), (20.0, 12.0, 7.5)),
+                         (lambda v: numerics.VESDE(sigma_max=v), (50.0, 20.0, 9.0))):
+        counts, results = [], []
+        for v in values:
+            sde = make(v)
+            q_T = mix.diffuse(sde, sde.T)
+            r = ode_log_likelihood(CountingScore(mix.score_fn(sde)), sde, x, rtol=1e-10, atol=1e-10,
+                                   prior_log_prob=q_T.log_prob)
+            exact = mix.diffuse(sde, sde.t_min).log_prob(x)
+            np.testing.assert_allclose(np.asarray(r.log_prob), np.asarray(exact), rtol=0, atol=1e-6)
+            counts.append(len(traces))
+            results.append(np.asarray(r.latent))  # x_T depends on the SDE (log q_{t_min} hardly does)
+        assert counts[0] > 0 and counts == [counts[0]] * len(values), counts
+        assert not np.allclose(results[0], results[-1])
+    # the positive control: a new batch shape does retrace
+    n = len(traces)
+    ode_log_likelihood(CountingScore(mix.score_fn(sde)), sde, x[:3])
+    assert len(traces) > n
 
 
 def test_gradient_is_the_ode_models_score():
@@ -151,8 +186,11 @@ def test_failure_inside_jit_raises(output):
 
     f = {"log_prob": lambda z: run(z).log_prob, "latent": lambda z: run(z).latent,
          "grad": jax.grad(lambda z: jnp.sum(run(z).log_prob))}[output]
-    with pytest.raises(Exception, match="max_steps=3"):
+    # a RuntimeError (equinox's runtime error; SolverError is one too) carrying SolverError's message
+    with pytest.raises(RuntimeError, match="max_steps=3"):
         jax.block_until_ready(eqx.filter_jit(f)(x))
+    with pytest.raises(RuntimeError, match="max_steps=3"):  # plain jax.jit too
+        jax.block_until_ready(jax.jit(f)(x))
 
 
 def test_inside_jit_over_the_model_with_x_closed_over():

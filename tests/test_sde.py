@@ -1,5 +1,6 @@
 """numerics.sde: kernels against their defining ODEs, quadrature of the general formula, and references."""
 
+import functools
 import math
 
 import jax
@@ -116,7 +117,7 @@ def test_prior():
         expected = stats.norm(0, sde.prior_std).logpdf(np.asarray(x)).sum()
         assert float(sde.prior_log_prob(x)) == pytest.approx(expected, rel=1e-12)
         s = sde.prior_sample(jax.random.key(1), (50000,))
-        assert float(jnp.std(s)) == pytest.approx(sde.prior_std, rel=0.02)
+        assert float(jnp.std(s)) == pytest.approx(float(sde.prior_std), rel=0.02)
 
 
 def test_bad_parameters_raise():
@@ -186,3 +187,66 @@ def test_decreasing_gamma_raises():
     with pytest.raises(ValueError, match="gamma must be increasing"):
         numerics.LogSNRSDE(lambda t: -13.3 + 18.3 * t - 30.0 * (t - 0.5) ** 2)  # decreasing past t = 0.8
     assert float(numerics.LogSNRSDE(numerics.CosineGamma()).diffusion_sq(0.0)) == 0.0  # γ'(0) = 0 is allowed
+
+
+_PARAM_CASES = {
+    "vp": lambda a, b: numerics.VPSDE(a, b),
+    "subvp": lambda a, b: numerics.SubVPSDE(a, b),
+    "ve_exact": lambda a, b: numerics.VESDE(a, b),
+    "ve_score_sde": lambda a, b: numerics.VESDE(a, b, kernel="score_sde"),
+}
+
+
+@functools.cache
+def _param_derivatives(name: str) -> dict:
+    """(quantity, parameter) → the sympy derivative of theory.sde's closed form, lambdified."""
+    import sympy as sp
+
+    from theory import _sym
+    from theory import sde as tsde
+
+    spec, kern = tsde.spec(name), tsde.kernel(name)
+    return {(q, str(p)): _sym.lambdify((tsde.t, *spec.params), sp.diff(getattr(kern, q), p), "numpy")
+            for q in ("log_snr", "sigma2") for p in spec.params}
+
+
+@pytest.mark.parametrize("name", sorted(_PARAM_CASES))
+@given(t=st.floats(0.02, 1.0), scale=st.floats(0.5, 2.0))
+def test_schedule_parameters_are_differentiable(name, t, scale):
+    """β_min, β_max (σ_min, σ_max) are traced leaves of the SDE: ``jax.grad`` of log SNR(t) and σ_t²
+    with respect to each equals the sympy derivative of theory.sde's closed-form kernel."""
+    from theory import sde as tsde
+
+    spec = tsde.spec(name)
+    params = [float(v) * (scale if i == 1 else 1.0) for i, v in enumerate(spec.defaults.values())]
+    make, derivs = _PARAM_CASES[name], _param_derivatives(name)
+    for quantity, method in (("log_snr", "log_snr"), ("sigma2", "variance")):
+        value, got = jax.value_and_grad(lambda a, b: getattr(make(a, b), method)(t), argnums=(0, 1))(*params)
+        for p_sym, p_val, g in zip(spec.params, params, got):
+            expected = float(derivs[quantity, str(p_sym)](t, *params))
+            # the natural scale of ∂q/∂p is |q|/p: the VE kernel's derivative is a difference of two
+            # terms of that size (σ_min² expm1(2t log r)), so the absolute error is relative to it
+            scale = max(abs(float(value)), 1.0) / p_val
+            assert float(g) == pytest.approx(expected, rel=1e-9, abs=1e-11 * scale), (quantity, p_sym, t)
+
+
+def test_schedule_parameters_keep_float32_computations_float32():
+    """The parameters are weakly typed float64 scalars: a float32 t stays float32 (training)."""
+    for sde in (numerics.VPSDE(), numerics.SubVPSDE(), numerics.VESDE()):
+        t = jnp.asarray([0.1, 0.5], jnp.float32)
+        for q in (sde.mean_coeff(t), sde.std(t), sde.diffusion_sq(t), sde.log_snr(t)):
+            assert q.dtype == jnp.float32
+        assert sde.prior_sample(jax.random.key(0), (3,), jnp.float32).dtype == jnp.float32
+        assert sde.prior_log_prob(jnp.ones(3, jnp.float32)).dtype == jnp.float32
+
+
+def test_repr_shows_parameter_values():
+    assert repr(numerics.VPSDE(0.2, 10.0)) == "VPSDE(t_min=1e-05, T=1.0, beta_min=0.2, beta_max=10.0)"
+
+
+def test_sdes_with_equal_parameters_are_equal_and_hash_alike():
+    """Traced parameters must not cost what the floats gave: an SDE is a dict key (numerics.checks.cases)."""
+    a, b, c = numerics.VPSDE(0.1, 20.0), numerics.VPSDE(0.1, 20.0), numerics.VPSDE(0.1, 19.0)
+    assert a == b and hash(a) == hash(b) and a != c
+    assert {a: 1, numerics.VESDE(): 2}[b] == 1
+    assert numerics.VESDE() != numerics.VESDE(kernel="score_sde")
