@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from numerics.memory_maps import release_compiled_programs
 from paper_figures import FIGURES, Context, load
 from paper_figures._common import style
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(modules, desc="figures", unit="fig")
     for m in bar:
         bar.set_postfix_str(m.NAME)
+        release_compiled_programs(context=f"the figures before {m.NAME}")  # numerics.memory_maps
         t0 = time.perf_counter()
         try:
             res = m.make(ctx)

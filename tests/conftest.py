@@ -5,21 +5,22 @@ the environment variable ``WORKBENCH_HYPOTHESIS_PROFILE=thorough``. jaxtyping ru
 the project's packages is switched on by ``--jaxtyping-packages`` in pyproject.toml.
 
 Compiled programs are released (``jax.clear_caches()``) after any test that leaves the process with
-more than a fifth of the kernel's limit of memory mappings: each XLA:CPU executable maps ~12 regions
-and JAX keeps every one it compiled, so a worker of the thorough profile (thousands of programs of
-random shapes) reached ``vm.max_map_count`` (65 530) and XLA segfaulted in its next compile
-(docs/STACK_NOTES.md, pitfall 8).
+more than a fifth of the kernel's limit of memory mappings (:mod:`numerics.memory_maps`): each
+XLA:CPU executable maps ~12 regions and JAX keeps every one it compiled, so a worker of the thorough
+profile (thousands of programs of random shapes) reached ``vm.max_map_count`` (65 530) and XLA
+segfaulted in its next compile (docs/STACK_NOTES.md, pitfall 8).
 """
 
 import importlib.util
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import jax
 import pytest
 from hypothesis import HealthCheck, settings
+
+from numerics.memory_maps import count_memory_maps, release_compiled_programs
 
 jax.config.update("jax_enable_x64", True)
 
@@ -54,48 +55,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.timeout(base * THOROUGH_TIMEOUT_FACTOR), append=False)
 
 
-def _max_map_count() -> int:
-    try:
-        return int(Path("/proc/sys/vm/max_map_count").read_text())
-    except (OSError, ValueError):  # not Linux: no such limit to guard
-        return 0
-
-
-def _count_memory_maps() -> int:
-    """Memory mappings of this process (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/self/maps", "rb") as f:
-            return sum(1 for _ in f)
-    except OSError:
-        return 0
-
-
-# One thorough-profile test added ~28 000 maps on its own (200 examples, each compiling programs of
-# new shapes), so the release comes early enough to leave room for such a test.
-_MAPS_LIMIT = _max_map_count()
-_MAPS_RELEASE_AT = _MAPS_LIMIT // 5
-
-
 @pytest.fixture(autouse=True)
 def _release_compiled_programs(request):
-    """After each test, drop JAX's compiled programs if the process holds too many memory maps; warn
-    when a test came within 30% of the limit (then lower the release point or split the test)."""
+    """After each test, drop JAX's compiled programs if the process holds more than a fifth of the
+    limit of memory maps (:func:`numerics.memory_maps.release_compiled_programs`, which also warns
+    when a test came within 30% of the limit: then split the test)."""
     yield
-    if not _MAPS_RELEASE_AT:
-        return
-    maps = _count_memory_maps()
-    if maps > 0.7 * _MAPS_LIMIT:
-        warnings.warn(f"{request.node.nodeid} left {maps} memory maps (vm.max_map_count {_MAPS_LIMIT}); XLA "
-                      "crashes at the limit: see docs/STACK_NOTES.md, pitfall 8", stacklevel=1)
-    if maps > _MAPS_RELEASE_AT:
-        jax.clear_caches()
+    release_compiled_programs(context=request.node.nodeid)
 
 
 @pytest.fixture
 def memory_maps():
     """The function that counts this process's memory mappings (None where there is no
     /proc/self/maps)."""
-    return _count_memory_maps if _count_memory_maps() else None
+    return count_memory_maps if count_memory_maps() else None
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import pytest
 import numerics
 from numerics._dispatch import as_one_kernel
 from numerics._xla_cpu import SMALL_LOOP_BYTES, _with_threshold
+from numerics.memory_maps import max_map_count, release_compiled_programs
 
 _T = f"xla_cpu_small_while_loop_byte_threshold={SMALL_LOOP_BYTES}"
 
@@ -74,7 +75,7 @@ def test_mixture_solve_options_reach_the_compiled_program():
 
 
 def test_released_programs_give_back_their_memory_maps(memory_maps):
-    """What tests/conftest.py's guard relies on: each compiled XLA:CPU program holds memory maps
+    """What numerics.memory_maps's guard (tests/conftest.py, checks, figures) relies on: each compiled XLA:CPU program holds memory maps
     (~12) until ``jax.clear_caches()`` drops JAX's references to it. Without the release, a thorough
     run reached vm.max_map_count and XLA segfaulted in its next compile."""
     if memory_maps is None:
@@ -89,7 +90,14 @@ def test_released_programs_give_back_their_memory_maps(memory_maps):
         f(jnp.ones(n)).block_until_ready()
     grown = memory_maps() - before
     assert grown >= 3 * 60, f"60 compiled programs added only {grown} memory maps"
-    jax.clear_caches()
+    # the guard (numerics.memory_maps) leaves the programs alone below its threshold ...
+    if memory_maps() < 0.99 * max_map_count():
+        assert not release_compiled_programs(fraction=0.99)
+        assert memory_maps() - before >= grown - 10
+    # ... and releases them above it (any process holds more than 1e-9 of the limit)
+    assert release_compiled_programs(fraction=1e-9)
     gc.collect()
     left = memory_maps() - before
-    assert left < grown / 4, f"after jax.clear_caches() {left} of {grown} new memory maps remain"
+    assert left < grown / 4, f"after the release {left} of {grown} new memory maps remain"
+    with pytest.raises(ValueError, match="fraction must lie in"):
+        release_compiled_programs(fraction=1.5)

@@ -15,6 +15,7 @@ import numpy as np
 from numerics.checks import importance, kl_dynamics, li_yan2024, lu2022, song2021, vdm
 from numerics.checks.affine import AffineModel
 from numerics.checks.models import random_perturbation
+from numerics.memory_maps import release_compiled_programs
 from numerics.mixture import GaussianMixture
 from numerics.sde import VPSDE, CosineGamma, LinearGamma, LogSNRSDE, SubVPSDE, VESDE
 
@@ -56,6 +57,7 @@ def run_all(n_samples: int = 1024, seed: int = 0, log=print):
     results = []
 
     def add(label, fn):
+        release_compiled_programs(context=f"the checks before {label!r}")  # numerics.memory_maps
         t0 = time.perf_counter()
         out = fn()
         out = out if isinstance(out, list) else [out]
