@@ -27,7 +27,7 @@ from training import sharding as shd
 from training.configs import get_config
 from training.data import make_stream
 from training.networks import count_params
-from training.train import build_sde, init_state, jit_step, make_train_step
+from training.train import init_state, jit_step, make_train_step
 
 CASES = {
     "mixture2d": ("mixture2d", []),
@@ -56,7 +56,6 @@ def bench(name: str, steps: int, eager_steps: int) -> dict:
     cfg = get_config(preset, ov + ["optim.warmup=0"])
     B = cfg.train.batch_size
     mesh = shd.make_mesh()
-    sde = build_sde(cfg.sde)
     stream = _FakeCifar(B).stream if cfg.data.name == "cifar10" else make_stream(cfg.data, B, cfg.train.seed)
     state, static, tx, schedule = init_state(cfg, tuple(stream.event_shape))
     state = jax.device_put(state, shd.replicated(mesh))

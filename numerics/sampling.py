@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from numerics.likelihood import SolverError, check_integer, check_solves, solve_evaluations
+from numerics.likelihood import check_integer, check_solves, solve_evaluations
 from numerics.sde import SDE
 
 __all__ = [

@@ -136,7 +136,7 @@ def make(ctx: Context) -> FigureOutput:
         lo, hi = x.min(0) - 1.0, x.max(0) + 1.0
         g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], 120), np.linspace(lo[1], hi[1], 120))
         dens = np.exp(np.asarray(q.log_prob(jnp.stack([g0.ravel(), g1.ravel()], -1)))).reshape(g0.shape)
-        cs = ax3.contour(g0, g1, dens, levels=6, colors="k", linewidths=0.8, zorder=3)
+        ax3.contour(g0, g1, dens, levels=6, colors="k", linewidths=0.8, zorder=3)
         ax3.scatter(samples[:, 0], samples[:, 1], s=3, color="C3", alpha=0.5, label=f"{n} ODE samples")
         ax3.plot([], [], color="k", lw=0.8, label="true density q₀ (contours)")
         ax3.set_xlim(lo[0], hi[0])
@@ -145,6 +145,5 @@ def make(ctx: Context) -> FigureOutput:
         ax3.set_ylabel("x₂")
         ax3.set_title("Samples of the last checkpoint")
         ax3.legend(fontsize=8, loc="upper left")
-        del cs
     fig.tight_layout()
     return FigureOutput(files=ctx.save(fig, "fig8_training_run"), summary=summary, report_lines=lines)

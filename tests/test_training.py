@@ -20,8 +20,7 @@ import numerics
 from training import data as tdata
 from training.configs import PRESETS, apply_overrides, get_config
 from training.networks import DDPMpp, MLPScoreNet, count_params
-from training.train import NonFiniteLossError, build_sde, init_state, load_state, make_train_step, train
-from training import sharding as shd
+from training.train import NonFiniteLossError, build_sde, load_state, train
 
 F32 = jnp.float32
 

@@ -339,7 +339,7 @@ def functions(name: str, module: str = "numpy") -> dict[str, Callable]:
       ``theorem2_bound(x, mu, s2, eps, T, m_pi, v_pi, *params)``,
       ``neg_log_q(x, mu, s2, t, *params)``, ``theorem1_kl_eps(mu, s2, eps, T, m_pi, v_pi, *params)``.
     """
-    s, k = _sde.spec(name), _sde.kernel(name)
+    s = _sde.spec(name)
     p = s.params
     tt = _sde.t
     imp = importance(name)
@@ -366,7 +366,6 @@ def functions(name: str, module: str = "numpy") -> dict[str, Callable]:
     dsm = lambdify((Ge, GT, s2), dsm_constant()["value"], module, rewrite=False)
     out["dsm_constant"] = lambda s2_, e, T_, *p_: dsm(G_of(e, *p_), G_of(T_, *p_), s2_)
     cf = gaussian_closed_forms()
-    at_t = {alpha: k.alpha, sigma2: k.sigma2}
     a_of, v_of = kf["alpha"], kf["sigma2"]
     kl = lambdify((alpha, sigma2, mu, s2, m_pi, v_pi), cf["kl_to_prior"], module, rewrite=False)
     out["kl_gaussian"] = kl  # KL(N(αμ, α²s² + σ²) ‖ N(m_π, v_π)) at given (α, σ²)

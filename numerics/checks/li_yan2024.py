@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,7 +94,6 @@ def _ddpm_integrand(args, x_t, t, x0, eps, alpha, sigma):
     """‖s + ε/σ‖² − D ᾱ/σ² minus the control variate (‖ε‖² − D)/σ² (σ² = 1 − ᾱ); the reference
     Gaussian's DSM term enters with its *exact* expectation, computed outside."""
     model, ref = args
-    D = x_t.shape[0]
     s = model(x_t, t)
     sr = ref(x_t, t)
     return jnp.sum(jnp.square(s + eps / sigma)) - jnp.sum(jnp.square(sr + eps / sigma))
