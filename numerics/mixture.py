@@ -297,7 +297,9 @@ class GaussianMixture(eqx.Module):
 
     @eqx.filter_jit
     def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n D"]:
-        """n independent draws."""
+        """n independent draws (``n`` a non-negative Python int: it is a static shape)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative integer number of samples; got {n!r}.")
         k_comp, k_noise = jax.random.split(key)
         comp = jax.random.categorical(k_comp, self.log_weights, shape=(n,))
         z = jax.random.normal(k_noise, (n, self.dim), dtype=self.means.dtype)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numerics  # noqa: F401  (float64)
 from numerics.checks.cases import run_all
+from numerics.checks.engine import check_n_samples
 
 __all__ = ["main", "format_table"]
 
@@ -44,10 +45,17 @@ def format_table(results, markdown: bool = False) -> str:
     return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in rows])
 
 
+def _n_samples(text: str) -> int:
+    try:
+        return check_n_samples(int(text), "--n-samples")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m numerics report", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("reports"), help="folder for report.json and report.md")
-    parser.add_argument("--n-samples", type=int, default=1024, help="Monte-Carlo paths per check (default 1024)")
+    parser.add_argument("--n-samples", type=_n_samples, default=1024, help="Monte-Carlo paths per check (>= 2; default 1024)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from numerics.checks import importance, kl_dynamics, li_yan2024, lu2022, song2021, vdm
+from numerics.checks import engine, importance, kl_dynamics, li_yan2024, lu2022, song2021, vdm
 from numerics.checks.affine import AffineModel
 from numerics.checks.models import random_perturbation
 from numerics.memory_maps import release_compiled_programs
@@ -52,6 +52,7 @@ def ode_case():
 
 
 def run_all(n_samples: int = 1024, seed: int = 0, log=print):
+    engine.check_n_samples(n_samples)
     q, p = data_mixture(), model_mixture()
     x_pt = jnp.array([0.4, 0.3])
     results = []

@@ -49,6 +49,7 @@ __all__ = [
     "inequality",
     "demonstration",
     "mc_mean",
+    "check_n_samples",
     "paired",
     "gauss_legendre",
     "TimeGrid",
@@ -150,10 +151,8 @@ def demonstration(result: CheckResult, statement: str) -> CheckResult:
 def mc_mean(values) -> tuple[float, float]:
     """(mean, standard error) of i.i.d. per-sample values (a 1-D array)."""
     v = np.asarray(values, dtype=np.float64).reshape(-1)
-    n = v.size
-    if n < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(n))
+    check_n_samples(v.size)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
 
 
 def paired(a, b) -> tuple[float, float, float]:
@@ -255,8 +254,20 @@ def key_from_seed(seed: int):
     return jax.random.PRNGKey(int(seed) % (2**31))
 
 
+def check_n_samples(n, name: str = "n_samples") -> int:
+    """``n`` as an int, or ValueError: a Monte-Carlo mean needs at least 2 samples for its standard error."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer number of Monte-Carlo samples (>= 2); got {n!r}.")
+    if n < 2:
+        raise ValueError(f"{name} must be at least 2 (a standard error needs two samples; the report's "
+                         f"default is 1024); got {n}.")
+    return int(n)
+
+
 def path_noise(key, n: int, n_nodes: int, dim: int):
-    """Independent N(0, I) noise per path and node: (n, n_nodes, dim)."""
+    """Independent N(0, I) noise per path and node: (n, n_nodes, dim); ``n`` (the checks'
+    ``n_samples``) must be at least 2."""
+    check_n_samples(n)
     return jax.random.normal(key, (n, n_nodes, dim), dtype=jnp.float64)
 
 

@@ -29,6 +29,8 @@ __all__ = ["check_importance_sampling"]
 def check_importance_sampling(q: GaussianMixture, model, sde: SDE, *, seed: int = 0, n_samples: int = 20000,
                               n_quad_samples: int = 512) -> CheckResult:
     """E[uniform-t estimator] = E[IS estimator] = J_DSM(θ; g²) (Song+21 §5, THEORY.md §2.6)."""
+    engine.check_n_samples(n_samples)
+    engine.check_n_samples(n_quad_samples, "n_quad_samples")
     key = engine.key_from_seed(seed)
     k0, k1, k2, k3 = jax.random.split(key, 4)
     x_a = q.sample(k0, n_samples)

@@ -45,6 +45,7 @@ def check_kl_dynamics(
     order: int = 12,
 ) -> CheckResult:
     """KL(q_{t0}‖p_{t0}) − KL(q_T‖p_T) = ½∫_{t0}^T g² E_{q_t}‖∇log q_t − ∇log p_t‖² dt (identity, MC)."""
+    engine.check_n_samples(n_samples)
     key = engine.key_from_seed(seed)
     k0, k1, k2 = jax.random.split(key, 3)
     x0 = q.sample(k0, n_samples)
