@@ -1,6 +1,7 @@
 """paper_figures: every figure module at reduced size writes non-empty images; the report lists every theorem check."""
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -65,3 +66,24 @@ def test_list_and_only(tmp_path, capsys):
     assert not (tmp_path / f"{FIGURES[1]}.png").exists()
     with pytest.raises(SystemExit, match="unknown figure"):
         main(["--only", "no_such_figure", "--out", str(tmp_path)])
+
+
+def test_a_theorem_check_that_fails_is_reported_and_fails_the_run(tmp_path, monkeypatch):
+    """The runner reads numerics.report's outcome: a check that does not hold is named (so that
+    `python -m paper_figures` can exit 1), not buried in REPORT.md. (The real report's rows all hold:
+    test_runner_succeeds.)"""
+    from numerics import report
+    from paper_figures import Context
+    from paper_figures.__main__ import _theorem_table
+
+    def fake_main(argv):
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        rows = [dict(name="kl_dynamics", holds=True), dict(name="song_thm2_tight", holds=False)]
+        (out / "report.json").write_text(json.dumps(dict(summary="1/2 checks hold", results=rows)))
+        (out / "report.md").write_text("table")
+        return 1
+
+    monkeypatch.setattr(report, "main", fake_main)
+    md, data = _theorem_table(Context(out=tmp_path, reduced=True))
+    assert md == "table" and data["failed"] == ["song_thm2_tight"]
