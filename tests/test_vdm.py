@@ -11,7 +11,7 @@ from scipy import integrate, special, stats
 
 import numerics
 from numerics import vdm
-from numerics.losses import dsm_loss_terms
+from theory import vdm as theory_vdm
 
 MU, S2, X = 0.3, 0.25, 1.1  # THEORY.md §4.5 reference case
 GMIN, GMAX = -13.3, 5.0
@@ -68,12 +68,11 @@ def test_continuous_loss_is_half_gamma_prime_residual(t_min):
         z = a[:, None] * x + s[:, None] * eps
         eps_hat = jax.vmap(eps_model)(z, t)
         direct = (1.0 - t_min) * 0.5 * dgamma * jnp.sum((eps - eps_hat) ** 2, -1)
-        return lib, direct, dsm_loss_terms(eps_model, sde, x, t, eps, "g2", parameterisation="eps")
+        return lib, direct
 
     for name, sde in _schedules().items():
-        lib, direct, g2 = both(numerics.LogSNRSDE(sde.gamma, t_min=t_min))
+        lib, direct = both(numerics.LogSNRSDE(sde.gamma, t_min=t_min))
         np.testing.assert_allclose(lib, direct, rtol=1e-12, err_msg=name)
-        np.testing.assert_allclose(lib, g2, rtol=1e-15)
 
 
 def test_gaussian_reference_values_L_inf_and_L_T():
@@ -218,7 +217,16 @@ def test_prior_reconstruction_and_vlb_tightness():
     # control variate: −VLB(x) + log q_0(x) has mean E[−VLB] − H(q_0) and a much smaller variance
     gap = np.asarray(out.total + mix.log_prob(x0))
     se = gap.std(ddof=1) / math.sqrt(n)
-    assert abs(gap.mean() - 3.1084761815e-4) < 3 * se and se < 0.03, (gap.mean(), se)
+    # the closed form, term by term: E_x KL(q(z_1|x) ‖ N(0, 1)) + E reconstruction + E_x L_∞ (theory.vdm)
+    # − H(q_0) = 3.1e-4 (THEORY.md §4.5). At this n the MC resolves it to ±3 SE ≈ ±0.06 nats (SE 0.021):
+    # the test catches a wrong or missing term of the VLB, not the sign of the 3e-4 gap (that is the
+    # closed form's, whose terms are checked above and in theory.vdm).
+    v_min, v_max = math.exp(-GMAX), math.exp(-GMIN)  # SNR at t = 1 and t = 0
+    prior_mean = 0.5 * (a1**2 * (MU**2 + S2) + v1 - 1.0 - math.log(v1))
+    target = (prior_mean + 0.5 * (1 + math.log(2 * math.pi) + GMIN)
+              + theory_vdm.functions()["E_L_inf"](S2, v_min, v_max) - entropy)
+    assert 3.0e-4 < target < 3.2e-4, target
+    assert abs(gap.mean() - target) < 3 * se and se < 0.03, (gap.mean(), target, se)
     assert abs(np.mean(-np.asarray(mix.log_prob(x0))) - entropy) < 0.02  # the entropy it stands for
 
 
