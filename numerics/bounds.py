@@ -28,7 +28,7 @@ from jaxtyping import Array, Float
 from numerics.losses import perturb
 from numerics.sde import SDE
 
-__all__ = ["EpsOffsetBound", "neg_prior_expectation", "eps_offset_bound"]
+__all__ = ["EpsOffsetBound", "prior_cross_entropy", "neg_prior_expectation", "eps_offset_bound"]
 
 
 class EpsOffsetBound(eqx.Module):
@@ -42,16 +42,42 @@ class EpsOffsetBound(eqx.Module):
     entropy: Float[Array, ""]
 
 
-def neg_prior_expectation(sde: SDE, x0: Float[Array, "N *event"]) -> Float[Array, " N"]:
-    """−E[log π(X_T) | X_0 = x] for the SDE's prior π = N(0, s² I), exact:
-    ½(α_T² ‖x‖² + D σ_T²)/s² + (D/2) log(2π s²)."""
+def prior_cross_entropy(sde: SDE, sq_norm, dim: int, coeffs=None) -> Array:
+    """−E_ε[log π(a x + b ε)], ε ~ N(0, I_D), for the SDE's prior π = N(0, s² I) (s = ``sde.prior_std``),
+    as a function of ‖x‖² = ``sq_norm`` (Song et al. 2021 Thm 2's prior term; THEORY.md §2.4, §2.7):
+
+        ½(a² ‖x‖² + D b²)/s² + (D/2) log(2π s²).
+
+    ``coeffs`` = (a, b²) are the coefficients of X_T given the conditioning point; the default
+    (α_T, σ_T²) conditions on X_0 = x, and (α_T/α_ε, σ_T² − (α_T/α_ε)² σ_ε²) on X_ε = x. The value is
+    affine in ‖x‖², so ``sq_norm`` = E‖x‖² gives its mean over a law of x as well. Everything is
+    jnp (SDE parameters may be traced, e.g. the VE SDE's prior_std): no float() on them here."""
+    dim = int(dim)
+    if dim < 1:
+        raise ValueError(f"dim must be a positive integer (the event size D); got {dim}.")
+    if coeffs is None:
+        T = jnp.asarray(sde.T, jnp.result_type(sq_norm, float))
+        a, b2 = sde.mean_coeff(T), sde.variance(T)
+    else:
+        if len(coeffs) != 2:
+            raise ValueError(f"coeffs must be a pair (a_T, b_T^2); got {coeffs!r}.")
+        a, b2 = coeffs
+    s2 = jnp.square(sde.prior_std)  # a traced parameter for the VE SDE: no float()
+    return 0.5 * (jnp.square(a) * sq_norm + dim * b2) / s2 + 0.5 * dim * jnp.log(2 * math.pi * s2)
+
+
+def neg_prior_expectation(sde: SDE, x0: Float[Array, "N *event"], coeffs=None) -> Float[Array, " N"]:
+    """−E[log π(X_T) | x] per example for the SDE's prior π = N(0, s² I), exact:
+    ½(a_T² ‖x‖² + D b_T²)/s² + (D/2) log(2π s²) (:func:`prior_cross_entropy`). By default
+    (a_T, b_T²) = (α_T, σ_T²), i.e. conditioned on X_0 = x; pass ``coeffs=(a_T, b_T²)`` for another
+    conditioning (e.g. on X_ε = x). Computes in x0's dtype."""
+    x0 = jnp.asarray(x0)
+    if x0.ndim < 1:
+        raise ValueError(f"x0 must have a leading batch axis, shape (N, *event); got shape {x0.shape}.")
     n = x0.shape[0]
     dim = x0[0].size
-    T = jnp.asarray(sde.T, x0.dtype)
-    a_T, v_T = sde.mean_coeff(T), sde.variance(T)
-    s2 = jnp.square(sde.prior_std)  # a traced parameter for the VE SDE: no float()
     sq = jnp.sum(jnp.square(x0.reshape(n, -1)), -1)
-    return (0.5 * (a_T**2 * sq + dim * v_T) / s2 + 0.5 * dim * jnp.log(2 * math.pi * s2)).astype(x0.dtype)
+    return prior_cross_entropy(sde, sq, dim, coeffs).astype(x0.dtype)
 
 
 def eps_offset_bound(
@@ -63,8 +89,21 @@ def eps_offset_bound(
 ) -> EpsOffsetBound:
     """Assemble the ε-offset bound (ε = ``sde.t_min``) from a per-example estimate of the diffusion term
     ½∫_ε^T g² E‖s_θ + ε/σ‖² dt; ``eps_0`` draws x_ε = α_ε x + σ_ε ε₀ for the Tweedie decoder
-    m̂ = (x_ε + σ_ε² s_θ(x_ε, ε))/α_ε. ``score_fn(x, t)`` takes one example. Computes in x0's dtype."""
+    m̂ = (x_ε + σ_ε² s_θ(x_ε, ε))/α_ε. ``score_fn(x, t)`` takes one example. Computes in x0's dtype.
+
+    Shapes are checked (jaxtyping only enforces them under the tests): ``diffusion`` must be (N,) and
+    ``eps_0`` like ``x0``, else ValueError — a (N, 1) diffusion would otherwise broadcast to (N, N)."""
+    x0 = jnp.asarray(x0)
+    if x0.ndim < 1:
+        raise ValueError(f"x0 must have a leading batch axis, shape (N, *event); got shape {x0.shape}.")
     n = x0.shape[0]
+    if jnp.shape(diffusion) != (n,):
+        raise ValueError(
+            f"diffusion must hold one value per example, shape ({n},) for x0 of shape {x0.shape}; "
+            f"got shape {jnp.shape(diffusion)}."
+        )
+    if jnp.shape(eps_0) != x0.shape:
+        raise ValueError(f"eps_0 must have the shape of x0, {x0.shape}; got shape {jnp.shape(eps_0)}.")
     dim = x0[0].size
     dtype = x0.dtype
     t_e = jnp.asarray(sde.t_min, dtype)

@@ -8,9 +8,10 @@ Forward SDE dX = −X/(2(1−t)) dt + dB/√(1−t): VP with β = 1/(1−t), α_
     log q_0(x) = E[log q_T(X_T) | x] − ½ ∫_0^T { (1/(1−t)) E‖s_t(X_t) + (X_t − √(1−t) x)/t‖² − D/t } dt   (DSM form)
                = E[log q_T(X_T) | x] − ½ ∫_0^T (1/(1−t)) E[‖s_t‖² + 2∇·s_t + D] dt                       (SM form)
 
-(at T → 1 the first term is −(D/2) log(2πe)). The DSM form is evaluated with the mean-zero
-control variate (‖ε‖² − D)/(t(1−t)) subtracted per node. DDPM form (THEORY.md §5.3): with
-linear β_k, ᾱ_k, t_k = 1 − ᾱ_k,
+(at T → 1 the first term is −(D/2) log(2πe)). Every form is estimated as the difference from the
+same estimator for a reference Gaussian r (:func:`reference_gaussian`) on the same noise, with r's
+exact value added back — the control variate. DDPM form (THEORY.md §5.3): with linear β_k, ᾱ_k,
+t_k = 1 − ᾱ_k,
 
     log q_0(x) ≈ E[log q_{t_K}(X_K)|x] − ½ Σ_k ((1−α_k)/α_k) { E‖s_k + (X_k − √ᾱ_k x)/(1−ᾱ_k)‖² − D ᾱ_k/(1−ᾱ_k) }.
 """
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
 
+from numerics.bounds import prior_cross_entropy
 from numerics.checks import engine
 from numerics.checks.affine import AffineModel, affine_summary
 from numerics.checks.engine import CheckResult
@@ -36,6 +38,9 @@ PAPER = "L&Y24"
 
 
 def _ly_one(model, x_t, t, eps, sigma):
+    """(DSM, SM) integrands of Eq. 5.1 in dt (before the −½) for one score ``model`` at x_t = √(1−t) x + σ ε,
+    σ² = t, g² = 1/(1−t). The DSM one also subtracts the mean-zero g²(‖ε‖² − D)/σ², which keeps it O(1)
+    rather than O(1/t) near t = 0 (it and −D/t cancel exactly in :func:`_ly_integrand`'s difference)."""
     D = x_t.shape[0]
     s = model(x_t, t)
     g2 = 1.0 / (1.0 - t)
@@ -45,8 +50,9 @@ def _ly_one(model, x_t, t, eps, sigma):
 
 
 def _ly_integrand(args, x_t, t, x0, eps, alpha, sigma):
-    """(DSM with control variate, SM) integrands of the L&Y formula, in dt (before the −½), for the
-    model minus the same for the reference Gaussian score (a control variate with known mean)."""
+    """(DSM, SM) integrands of the L&Y formula (:func:`_ly_one`) for the model minus the same for the
+    reference Gaussian's score on the same (x_t, ε): the control variate, whose formula value log r(x)
+    is exact and is added back in :func:`check_density_formula`."""
     model, ref = args
     return _ly_one(model, x_t, t, eps, sigma) - _ly_one(ref, x_t, t, eps, sigma)
 
@@ -91,8 +97,10 @@ def check_density_formula(q: GaussianMixture, x, *, sde: LiYanSDE | None = None,
 
 
 def _ddpm_integrand(args, x_t, t, x0, eps, alpha, sigma):
-    """‖s + ε/σ‖² − D ᾱ/σ² minus the control variate (‖ε‖² − D)/σ² (σ² = 1 − ᾱ); the reference
-    Gaussian's DSM term enters with its *exact* expectation, computed outside."""
+    """‖s + ε/σ‖² − ‖s_r + ε/σ‖² at x_t = √ᾱ x + σ ε (σ² = 1 − ᾱ): the DSM term of the DDPM sum
+    (THEORY.md §5.3) for the mixture's score s minus the same term for the reference Gaussian's score
+    s_r on the same noise (a control variate; the −Dᾱ/σ² constants cancel in the difference). The
+    reference's term is added back outside with its *exact* expectation E‖s_r + ε/σ‖² − Dᾱ/σ²."""
     model, ref = args
     s = model(x_t, t)
     sr = ref(x_t, t)
@@ -168,8 +176,8 @@ def check_elbo_minimiser(q: GaussianMixture, *, sde: SDE | None = None, bounds=(
     al = np.asarray(sde.mean_coeff(tn))
     sg2 = np.asarray(sde.variance(tn))
     aT, vT = float(sde.mean_coeff(jnp.asarray(T))), float(sde.variance(jnp.asarray(T)))
-    s2p = float(sde.prior_std) ** 2
-    prior = 0.5 * (aT**2 * (S + mean @ mean) + D * vT) / s2p + 0.5 * D * math.log(2 * math.pi * s2p)
+    # E_{x~q_0} −E[log π(X_T) | X_0 = x]: affine in ‖x‖², so evaluated at E‖x‖² = tr Cov + ‖mean‖²
+    prior = float(prior_cross_entropy(sde, S + mean @ mean, D, coeffs=(aT, vT)))
     const = 0.5 * D * math.log(vT / v_e)
 
     def elbo(theta):

@@ -1,66 +1,98 @@
 """Kingma, Salimans, Poole & Ho 2021, *Variational Diffusion Models* (THEORY.md §4).
 
-Diffusion losses of a denoiser x̂_θ(z_t; t) = (z_t + σ_t² s_θ(z_t, t))/α_t (Tweedie form of a score
-model; the exact denoiser is E[x | z_t] for the exact mixture score):
+The diffusion losses are the library's, :mod:`numerics.vdm` (the code training uses), for the noise
+prediction ε̂(z_t, t) = −σ_t s_θ(z_t, t) of a score model (the exact denoiser for the exact mixture
+score), on [t_min, T] of the SDE:
 
-    L_T(x) = ½ Σ_{i=1}^T E_ε[(SNR(s(i)) − SNR(t(i))) ‖x − x̂_θ(z_t(i); t(i))‖²]      (VDM Eq. 13)
-    L_∞(x) = −½ ∫_0^1 SNR'(t) E_ε‖x − x̂_θ(z_t; t)‖² dt                            (VDM Eq. 17)
+    L_T(x) = (T/2) E_{i, ε}[expm1(γ(t_i) − γ(s_i)) ‖ε − ε̂(z_{t_i}; t_i)‖²]        (VDM Eq. 13, ε form)
+    L_∞(x) = ½ ∫_{t_min}^T γ'(t) E_ε‖ε − ε̂(z_t; t)‖² dt                          (VDM Eq. 17, ε form)
 
-L_T by Monte Carlo (independent ε per step); L_∞ by Gauss–Legendre in t (8 panels × 16 nodes,
-*not* in log-SNR, so that different schedules use different nodes) with independent ε per node.
-All expectations are also over x ~ q_0 (the ordering L_T ≥ L_2T ≥ L_∞ is a statement about the
-optimal denoiser's mmse(SNR), which is monotone on average over x, not necessarily per x).
+Here they are evaluated without Monte Carlo over time: L_T by :func:`numerics.vdm.discrete_diffusion_loss`
+at one time inside each of the T steps (so every step i enters once, with weight 1/T), L_∞ by
+:func:`numerics.vdm.continuous_diffusion_loss` at Gauss–Legendre nodes in t (8 panels × 16 nodes,
+*not* in log-SNR, so that different schedules use different nodes); independent ε per step/node,
+Monte Carlo over x ~ q_0 (the ordering L_T ≥ L_2T ≥ L_∞ is a statement about the optimal denoiser's
+mmse(SNR), which is monotone on average over x, not necessarily per x).
+
+**Independent test target.** :func:`check_vdm_song` compares the library's L_∞ with VDM's *SNR form*
+of Eq. 17, −½∫ SNR'(t) E‖x − x̂_θ(z_t; t)‖² dt with the Tweedie denoiser x̂_θ = (z_t + σ_t² s_θ)/α_t
+(:func:`_snr_form_integrand`). That form is written here on purpose, as the target the library is
+tested against, not as a second implementation: it is a different expression (data-space error,
+weight −SNR') whose equality with the ε form (weight γ' = g²/σ², i.e. Song's likelihood-weighted DSM,
+THEORY.md §4.7) is the identity under test. :func:`gaussian_l_inf` is the closed form of THEORY.md §4.5.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from numerics.checks import engine
 from numerics.checks.engine import CheckResult
-from numerics.losses import dsm_loss_terms
 from numerics.mixture import GaussianMixture
-from numerics.sde import LogSNRSDE
+from numerics.sde import SDE, LogSNRSDE
+from numerics.vdm import continuous_diffusion_loss, diffusion_loss
 
 __all__ = ["diffusion_losses", "check_vdm_monotone", "check_vdm_schedule_invariance", "check_vdm_song",
-           "check_vdm_perturbed"]
+           "check_vdm_perturbed", "gaussian_l_inf"]
 
 PAPER = "VDM"
 
 
-def _snr_integrand(args, z, t, x0, eps, alpha, sigma):
-    """‖x − x̂(z; t)‖² with x̂ = (z + σ² s)/α."""
+class _NoisePrediction(eqx.Module):
+    """ε̂(z, t) = −σ_t s(z, t): a score model as the noise prediction :mod:`numerics.vdm` takes."""
+
+    score: Callable
+    sde: SDE
+
+    def __call__(self, z, t):
+        return -self.sde.std(t) * self.score(z, t)
+
+
+def _library_integrand(args, z, t, x0, eps, alpha, sigma):
+    """``numerics.vdm.diffusion_loss`` (L_∞ for n_steps = 0, else L_T) for one path x0 and node t with
+    noise ε; the library forms z_t itself (the engine's z, α, σ are not used)."""
+    eps_model, sde, n_steps = args
+    return diffusion_loss(eps_model, sde, x0[None], t[None], eps[None], n_steps)[0]
+
+
+def _snr_form_integrand(args, z, t, x0, eps, alpha, sigma):
+    """Test target (VDM Eq. 17, SNR form): ‖x − x̂(z; t)‖² with x̂ = (z + σ² s)/α, z = αx + σε."""
     (model,) = args
     x_hat = (z + sigma**2 * model(z, t)) / alpha
     return jnp.sum(jnp.square(x0 - x_hat))
 
 
 def _l_inf_paths(sde: LogSNRSDE, model, x0, key, n_panels=8, order=16):
-    t, w = engine.gauss_legendre(0.0, float(sde.T), n_panels, order)
+    """Per-path L_∞ = Σ_j w_j/(T − t_min) · continuous_diffusion_loss(t_j) on Gauss–Legendre nodes t_j in t
+    on [t_min, T] (independent ε per node), and (t, w, ε)."""
+    t, w = engine.gauss_legendre(float(sde.t_min), float(sde.T), n_panels, order)
     alpha, sigma, _, _ = engine.grid_coeffs(sde, t)
-    dsnr = -np.asarray(sde.log_snr_derivative(jnp.asarray(t))) * np.exp(np.asarray(sde.log_snr(jnp.asarray(t))))
     eps = engine.path_noise(key, x0.shape[0], t.size, x0.shape[1])
-    vals = engine.eval_on_paths(_snr_integrand, (model,), x0, eps, t, alpha, sigma)
-    return 0.5 * vals @ jnp.asarray(w * dsnr), (t, w, eps)
+    vals = engine.eval_on_paths(_library_integrand, (_NoisePrediction(model, sde), sde, 0), x0, eps, t, alpha, sigma)
+    return vals @ jnp.asarray(w / (float(sde.T) - float(sde.t_min))), (t, w, eps)
 
 
 def _l_T_paths(sde: LogSNRSDE, model, x0, key, T_steps: int):
-    i = np.arange(1, T_steps + 1)
-    t = i / T_steps * float(sde.T)
-    s = (i - 1) / T_steps * float(sde.T)
-    snr_s = np.exp(np.asarray(sde.log_snr(jnp.asarray(s))))
-    snr_t = np.exp(np.asarray(sde.log_snr(jnp.asarray(t))))
+    """Per-path L_T = (1/T) Σ_i discrete_diffusion_loss(t) at the midpoint t of step i, which the
+    library rounds up to t_i = t_min + i h (midpoints: no rounding at the grid points themselves)."""
+    h = (float(sde.T) - float(sde.t_min)) / T_steps
+    t = float(sde.t_min) + (np.arange(1, T_steps + 1) - 0.5) * h
     alpha, sigma, _, _ = engine.grid_coeffs(sde, t)
     eps = engine.path_noise(key, x0.shape[0], t.size, x0.shape[1])
-    vals = engine.eval_on_paths(_snr_integrand, (model,), x0, eps, t, alpha, sigma)
-    return 0.5 * vals @ jnp.asarray(snr_s - snr_t)
+    vals = engine.eval_on_paths(_library_integrand, (_NoisePrediction(model, sde), sde, int(T_steps)), x0, eps, t,
+                                alpha, sigma)
+    return jnp.mean(vals, axis=1)
 
 
 def diffusion_losses(q: GaussianMixture, sde: LogSNRSDE, model, *, T_list=(1, 4, 16, 64, 256), seed: int = 0,
                      n_samples: int = 512):
-    """Per-sample L_T (for each T in ``T_list``) and L_∞ on common x₀ ~ q_0: dict T → (N,), 'inf' → (N,)."""
+    """Per-sample L_T (for each T in ``T_list``) and L_∞ on common x₀ ~ q_0, by :mod:`numerics.vdm` for
+    the score ``model``: dict T → (N,), 'inf' → (N,)."""
     key = engine.key_from_seed(seed)
     keys = jax.random.split(key, len(T_list) + 2)
     x0 = q.sample(keys[0], n_samples)
@@ -88,7 +120,8 @@ def check_vdm_monotone(q: GaussianMixture, sde: LogSNRSDE, *, T_list=(1, 4, 16, 
 
 
 def check_vdm_perturbed(q: GaussianMixture, sde: LogSNRSDE, model, *, seed: int = 0, n_samples: int = 512) -> CheckResult:
-    """VDM / Song+21 Eq. 2.2: E_x L_∞(exact denoiser) ≤ E_x L_∞(θ) (the excess is J_SM(θ; g²) ≥ 0)."""
+    """VDM / Song+21 Eq. 2.2: E_x L_∞(exact denoiser) ≤ E_x L_∞(θ) (the excess is J_SM(θ; g²) ≥ 0);
+    library L_∞ on common x₀ and noise (paired SE)."""
     key = engine.key_from_seed(seed)
     k0, k1 = jax.random.split(key)
     x0 = q.sample(k0, n_samples)
@@ -102,8 +135,9 @@ def check_vdm_perturbed(q: GaussianMixture, sde: LogSNRSDE, model, *, seed: int 
 def check_vdm_schedule_invariance(q: GaussianMixture, sde_a: LogSNRSDE, sde_b: LogSNRSDE, *, seed: int = 0,
                                   n_samples: int = 512) -> CheckResult:
     """VDM Eq. 18 (THEORY.md §4.4): L_∞ depends on the schedule only through SNR_min, SNR_max.
-    Two schedules with equal endpoints, exact denoisers, t-quadrature (different nodes), CRN in x₀.
-    Also reports VDM's t ~ U(0, 1) single-sample estimator ½γ'‖ε − ε̂‖² (mean, variance) per schedule."""
+    Two schedules with equal endpoints, exact denoisers, library L_∞ by t-quadrature (different nodes),
+    CRN in x₀. Also reports VDM's single-sample estimator (T − t_min)·½γ'(t)‖ε − ε̂‖², t ~ U[t_min, T]
+    (:func:`numerics.vdm.continuous_diffusion_loss`; mean, SE, variance) per schedule."""
     for s in (sde_a, sde_b):
         if not isinstance(s, LogSNRSDE):
             raise TypeError("schedule invariance compares two LogSNRSDE (VDM γ) schedules.")
@@ -116,9 +150,10 @@ def check_vdm_schedule_invariance(q: GaussianMixture, sde_a: LogSNRSDE, sde_b: L
     a, b, se = engine.paired(la, lb)
     mc = {}
     for name, s in (("a", sde_a), ("b", sde_b)):
-        t = jax.random.uniform(k3, (n_samples,), dtype=jnp.float64)
+        t = s.t_min + (s.T - s.t_min) * jax.random.uniform(k3, (n_samples,), dtype=jnp.float64)
         eps = jax.random.normal(jax.random.fold_in(k3, 1), x0.shape, dtype=jnp.float64)
-        v = dsm_loss_terms(q.score_fn(s), s, x0, t, eps, "g2")  # = ½γ'‖ε − ε̂‖²  (T − t_min = 1)
+        # VDM's estimator (T − t_min)·½γ'(t)‖ε − ε̂‖², t ~ U[t_min, T]
+        v = continuous_diffusion_loss(_NoisePrediction(q.score_fn(s), s), s, x0, t, eps)
         mc[name] = dict(mean=float(v.mean()), se=engine.mc_mean(v)[1], var=float(v.var()))
     return engine.identity(
         "vdm_Linf_schedule_invariance", PAPER, "Eq. 18: L_inf(gamma_a) = L_inf(gamma_b) for equal endpoints",
@@ -128,26 +163,28 @@ def check_vdm_schedule_invariance(q: GaussianMixture, sde_a: LogSNRSDE, sde_b: L
     )
 
 
-def _song_integrand(args, z, t, x0, eps, alpha, sigma):
-    (model,) = args
-    return 0.5 * jnp.sum(jnp.square(model(z, t) + eps / sigma))
-
-
 def check_vdm_song(q: GaussianMixture, sde: LogSNRSDE, model, *, seed: int = 0, n_samples: int = 256) -> CheckResult:
-    """THEORY.md §4.7: VDM's L_∞ (SNR form, −½∫SNR'‖x − x̂‖² dt) equals Song's likelihood-weighted
-    DSM term ½∫g² E‖s_θ + ε/σ‖² dt of the matching SDE (computed by numerics.losses.dsm_loss_terms,
-    weighting "g2"), on the same nodes and noise: an algebraic identity per sample."""
+    """THEORY.md §4.7 (VDM Eq. 17 in its two forms): lhs = the SNR form −½∫_{t_min}^T SNR'(t) E‖x − x̂_θ‖² dt
+    (:func:`_snr_form_integrand`, the independent target) equals rhs = the library's L_∞
+    (:func:`numerics.vdm.continuous_diffusion_loss`, i.e. ½∫γ' E‖ε − ε̂_θ‖² dt = Song's likelihood-weighted
+    DSM term ½∫g² E‖s_θ + ε/σ‖² dt via numerics.losses.dsm_loss_terms, weighting "g2"), on the same
+    Gauss–Legendre nodes, x₀ and noise: an algebraic identity per sample (atol 1e-9·scale)."""
     key = engine.key_from_seed(seed)
     k0, k1 = jax.random.split(key)
     x0 = q.sample(k0, n_samples)
-    l_vdm, (t, w, eps) = _l_inf_paths(sde, model, x0, k1)
-    n, m = n_samples, t.size
-    vals = dsm_loss_terms(model, sde, jnp.repeat(x0, m, 0), jnp.tile(jnp.asarray(t), n), eps.reshape(n * m, -1), "g2")
-    l_song = vals.reshape(n, m) @ jnp.asarray(w / (float(sde.T) - float(sde.t_min)))
-    a, b, se = engine.paired(l_vdm, l_song)
+    l_lib, (t, w, eps) = _l_inf_paths(sde, model, x0, k1)
+    alpha, sigma, _, _ = engine.grid_coeffs(sde, t)
+    minus_dsnr = -np.asarray(sde.log_snr_derivative(jnp.asarray(t))) * np.exp(np.asarray(sde.log_snr(jnp.asarray(t))))
+    vals = engine.eval_on_paths(_snr_form_integrand, (model,), x0, eps, t, alpha, sigma)
+    l_snr = 0.5 * vals @ jnp.asarray(w * minus_dsnr)
+    a, b, se = engine.paired(l_snr, l_lib)
     scale = max(1.0, abs(a))
-    return engine.identity("vdm_Linf_eq_song_dsm", PAPER + " / Song+21", "L_inf = 1/2 int g^2 E||s + eps/sigma||^2 dt",
-                           a, b, se, atol=1e-9 * scale, settings=dict(D=q.dim, n_samples=n_samples, nodes=m))
+    return engine.identity("vdm_Linf_eq_song_dsm", PAPER + " / Song+21",
+                           "L_inf: -1/2 int SNR' E||x - x_hat||^2 dt = 1/2 int g^2 E||s + eps/sigma||^2 dt",
+                           a, b, se, atol=1e-9 * scale,
+                           settings=dict(D=q.dim, n_samples=n_samples, nodes=t.size,
+                                         lhs="SNR form (test target, this module)",
+                                         rhs="numerics.vdm.continuous_diffusion_loss (= dsm_loss_terms 'g2')"))
 
 
 def gaussian_l_inf(x, mu, s2, snr_min: float, snr_max: float):
