@@ -5,21 +5,22 @@ For the data mixture q and the model mixture p of ``numerics.checks.cases`` push
 
     KL(q_t ‖ p_t) = KL(q_T ‖ p_T) + ½ ∫_t^T g(s)² E_{q_s}‖∇log q_s − ∇log p_s‖² ds      for every t.
 
-Left side: Monte Carlo of log q_t − log p_t at x_t = α_t x₀ + σ_t ε with the exact mixture densities.
-Right side: the same per-path log-SNR Gauss–Legendre quadrature as
-``numerics.checks.kl_dynamics.check_kl_dynamics`` (``engine.time_grid`` on [t, T], ``engine.eval_on_paths``
-with ``kl_dynamics.score_gap_integrand``), plus the MC KL(q_T ‖ p_T); x₀ is common to both sides and to all t.
-The official check at t = 0 is reported beside the figure.
+Every point is one call of the report's check ``numerics.checks.kl_dynamics.check_kl_dynamics`` with
+start time t0 = t (its identity KL(q_t‖p_t) − KL(q_T‖p_T) = ½∫_t^T …): left side its Monte Carlo of
+log q_t − log p_t at x_t = α_t x₀ + σ_t ε with the exact mixture densities (``settings["KL_0"]``), right side
+its MC KL(q_T ‖ p_T) plus its per-path log-SNR quadrature of the integral; the error band of the
+difference is the check's paired SE. One seed for every call, so x₀ is common to both sides and to all t
+(and the quadrature's shapes are the same for every t > 0: one compilation per SDE). The check at t = 0
+(with the [0, t_min] piece) is reported beside the figure.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 import numerics
-from numerics.checks import engine, kl_dynamics
+from numerics.checks import kl_dynamics
 from numerics.checks.cases import data_mixture, model_mixture
 from paper_figures._common import Context, FigureOutput, plt
 
@@ -34,31 +35,17 @@ CAPTION = (
 )
 
 
-def _log_ratio(q, p, sde, t, x_t):
-    """log q_t(x_t) − log p_t(x_t) with the exact diffused mixtures."""
-    return np.asarray(q.diffuse(sde, t).log_prob(x_t) - p.diffuse(sde, t).log_prob(x_t))
-
-
-def _curves(q, p, sde, t_eval, x0, key, n_panels, order):
-    """Per t: (LHS mean, SE), (RHS mean, SE), paired SE of LHS − RHS; all on common x₀."""
-    k_eps, k_nodes = jax.random.split(key)
-    eps = jax.random.normal(k_eps, x0.shape, dtype=x0.dtype)
-    T = float(sde.T)
-    aT, sT = sde.mean_coeff(jnp.asarray(T)), sde.std(jnp.asarray(T))
-    klT_i = _log_ratio(q, p, sde, T, aT * x0 + sT * eps)
-    scores = (q.score_fn(sde), p.score_fn(sde))
-    out = []
-    for j, t in enumerate(t_eval):
-        a, s = sde.mean_coeff(jnp.asarray(t)), sde.std(jnp.asarray(t))
-        lhs_i = _log_ratio(q, p, sde, t, a * x0 + s * eps)
-        grid = engine.time_grid(sde, float(t), T, n_panels=n_panels, order=order)
-        alpha, sigma, _, _ = engine.grid_coeffs(sde, grid.t)
-        node_eps = engine.path_noise(jax.random.fold_in(k_nodes, j), x0.shape[0], grid.n, q.dim)
-        vals = engine.eval_on_paths(kl_dynamics.score_gap_integrand, scores, x0, node_eps, grid.t, alpha, sigma)
-        rhs_i = klT_i + np.asarray(vals @ jnp.asarray(grid.w_g2))
-        lhs, rhs, se_diff = engine.paired(lhs_i, rhs_i)
-        out.append((lhs, engine.mc_mean(lhs_i)[1], rhs, engine.mc_mean(rhs_i)[1], se_diff))
-    return np.array(out), engine.mc_mean(klT_i)
+def _curves(q, p, sde, t_eval, seed, n, n_panels, order):
+    """Per t: the check's (KL(q_t‖p_t), its SE, KL(q_T‖p_T) + ½∫_t^T g² E‖Δs‖², its SE, paired SE of the
+    difference),
+    and (KL(q_T‖p_T), SE) — one :func:`kl_dynamics.check_kl_dynamics` call per t, all with the same seed."""
+    out, chk = [], None
+    for t in t_eval:
+        chk = kl_dynamics.check_kl_dynamics(q, p, sde, seed=seed, n_samples=n, t0=float(t), n_panels=n_panels,
+                                            order=order)
+        st = chk.settings
+        out.append((st["KL_0"], st["KL_0_se"], st["KL_T"] + chk.rhs, st["KL_T_plus_rhs_se"], chk.stderr))
+    return np.array(out), (chk.settings["KL_T"], chk.settings["KL_T_se"])
 
 
 def make(ctx: Context) -> FigureOutput:
@@ -66,19 +53,17 @@ def make(ctx: Context) -> FigureOutput:
     sdes = {"VP SDE": numerics.VPSDE(t_min=1e-3), "VE SDE": numerics.VESDE(t_min=1e-3)}
     n, n_t = ctx.size(4096, 512), ctx.size(16, 8)
     n_panels, order = 8, 12
-    key = jax.random.key(ctx.seed + 2)
-    k_x, k_paths, k_check = jax.random.split(key, 3)
-    x0 = q.sample(k_x, n)
+    seed = ctx.seed + 2
 
     fig, axes = plt.subplots(2, 2, figsize=(11.5, 5.6), sharex="col", gridspec_kw=dict(height_ratios=(3, 1.3)))
-    summary, lines = {}, ["| SDE | t | KL(q_t‖p_t) ± SE | KL(q_T‖p_T) + ½∫g²E‖Δs‖² ± SE | z = diff / paired SE |",
-                          "|---|---|---|---|---|"]
+    summary, lines = {}, ["| SDE | t | KL(q_t‖p_t) ± SE | KL(q_T‖p_T) + ½∫g²E‖Δs‖² ± SE | difference ± paired SE | "
+                          "z = diff / paired SE |", "|---|---|---|---|---|---|"]
     max_z = 0.0
     for col, (label, sde) in enumerate(sdes.items()):
         # times equispaced in log-SNR (where the integrands vary), from t_min to 0.9 T
         lam = np.linspace(float(sde.log_snr(jnp.asarray(sde.t_min))), float(sde.log_snr(jnp.asarray(0.9 * sde.T))), n_t)
         t_eval = np.clip(np.asarray(sde.inverse_log_snr(jnp.asarray(lam))), sde.t_min, 0.9 * float(sde.T))
-        res, (klT, klT_se) = _curves(q, p, sde, t_eval, x0, jax.random.fold_in(k_paths, col), n_panels, order)
+        res, (klT, klT_se) = _curves(q, p, sde, t_eval, seed, n, n_panels, order)
         lhs, lhs_se, rhs, rhs_se, se_d = res.T
         ax, axd = axes[0, col], axes[1, col]
         ax.plot(t_eval, lhs, "-", color="C0", label="KL(q_t‖p_t)  (MC, exact densities)")
@@ -105,14 +90,16 @@ def make(ctx: Context) -> FigureOutput:
         max_z = max(max_z, float(np.max(np.abs(z))))
         for j in sorted({0, n_t // 2, n_t - 1}):
             lines.append(f"| {label} | {t_eval[j]:.3g} | {lhs[j]:.4f} ± {lhs_se[j]:.4f} | {rhs[j]:.4f} ± {rhs_se[j]:.4f} | "
-                         f"{z[j]:+.2f} |")
-        # The official identity check from t = 0 (with the [0, t_min] piece), on its own samples.
-        chk = kl_dynamics.check_kl_dynamics(q, p, sde, seed=ctx.seed, n_samples=n, n_panels=n_panels, order=order)
+                         f"{lhs[j] - rhs[j]:+.4f} ± {se_d[j]:.4f} | {z[j]:+.2f} |")
+        # The same check from t = 0 (with the [0, t_min] piece), on the same x₀.
+        chk = kl_dynamics.check_kl_dynamics(q, p, sde, seed=seed, n_samples=n, n_panels=n_panels, order=order)
         summary[f"check_t0_z_{key_}"] = chk.z_score()
         lines.append(f"| {label} (check, t = 0) | 0 | {chk.settings['KL_0']:.4f} ± {chk.settings['KL_0_se']:.4f} | "
-                     f"{chk.settings['KL_T'] + chk.rhs:.4f} | {chk.z_score():+.2f} (holds: {chk.holds}) |")
+                     f"{chk.settings['KL_T'] + chk.rhs:.4f} | {chk.gap:+.4f} ± {chk.stderr:.4f} | "
+                     f"{chk.z_score():+.2f} (holds: {chk.holds}) |")
     fig.tight_layout()
     summary["max_abs_z"] = max_z
     lines += ["", f"{n} paths (x₀ common to both sides and all t), {n_panels}×{order} Gauss–Legendre nodes in log-SNR "
-              f"per interval [t, T]; largest |z| over the {n_t} times per SDE: {max_z:.2f}."]
+              f"per interval [t, T] (kl_dynamics.check_kl_dynamics with t0 = t); largest |z| over the {n_t} times "
+              f"per SDE: {max_z:.2f}."]
     return FigureOutput(files=ctx.save(fig, "fig2_kl_dynamics"), summary=summary, report_lines=lines)

@@ -62,7 +62,9 @@ def check_kl_dynamics(
     lhs_i = _log_ratio(q, p, a0, v0, x_t0) - _log_ratio(q, p, aT, vT, x_T)
     lhs, rhs, se = engine.paired(lhs_i, rhs_i)
     kl0, se0 = engine.mc_mean(_log_ratio(q, p, a0, v0, x_t0))
-    klT, seT = engine.mc_mean(_log_ratio(q, p, aT, vT, x_T))
+    klT_i = _log_ratio(q, p, aT, vT, x_T)
+    klT, seT = engine.mc_mean(klT_i)
+    _, se_pred = engine.mc_mean(klT_i + rhs_i)  # the right side as a prediction of KL(q_t0‖p_t0)
     return engine.identity(
         "kl_dynamics",
         "Song+21 App.A / L&Y §5.5",
@@ -72,7 +74,7 @@ def check_kl_dynamics(
         se,
         settings=dict(
             sde=type(sde).__name__, D=q.dim, K_q=q.n_components, K_p=p.n_components, n_samples=n_samples,
-            t0=t0, quad_nodes=grid.n, KL_0=kl0, KL_0_se=se0, KL_T=klT, KL_T_se=seT,
+            t0=t0, quad_nodes=grid.n, KL_0=kl0, KL_0_se=se0, KL_T=klT, KL_T_se=seT, KL_T_plus_rhs_se=se_pred,
             method="MC over x0~q0 with CRN; per-path log-SNR Gauss-Legendre quadrature in t",
         ),
     )
