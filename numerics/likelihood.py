@@ -50,6 +50,7 @@ __all__ = [
     "solve_evaluations",
     "check_solves",
     "check_integer",
+    "check_finite_samples",
 ]
 
 
@@ -299,6 +300,26 @@ def _finite_rows(a: Float[Array, "N *rest"]) -> Bool[Array, " N"]:
 _non_finite_rows = jax.jit(lambda x: ~_finite_rows(x))
 
 
+def _check_finite_rows(x: Float[Array, "N *event"], name: str) -> tuple[Float[Array, "N *event"], bool]:
+    """(x, in_graph): the test of :func:`check_finite_samples`, and whether the caller is inside
+    jit/grad/vmap (then the check travels with the returned ``x``)."""
+    bad_rows = _non_finite_rows(x)  # on the device: no host copy of the batch; works when sharded
+    message = f"{name} contains NaN or inf in {{}} of {x.shape[0]} samples; remove or fix them."
+    if isinstance(bad_rows, jax.core.Tracer):  # traced even for a concrete x closed over in a jit
+        return eqx.error_if(x, bad_rows, message.format("some")), True
+    if n_bad := int(np.count_nonzero(np.asarray(bad_rows))):
+        raise ValueError(message.format(n_bad))
+    return x, False
+
+
+def check_finite_samples(x: Float[Array, "N *event"], name: str = "x") -> Float[Array, "N *event"]:
+    """``x`` if every sample (row) is finite, else a ValueError "``name`` contains NaN or inf in k of
+    N samples; remove or fix them." — the test of :func:`ode_log_likelihood`, shared by every function
+    that takes a batch of data (training.evaluate's bounds) so that they fail alike. Inside a caller's
+    jit/grad/vmap the check is attached to the returned ``x`` (:func:`equinox.error_if`)."""
+    return _check_finite_rows(x, name)[0]
+
+
 def _failure_message(what: str, n_bad: int | str, n: int, max_steps: int) -> str:
     return (
         f"{what} failed for {n_bad} of {n} samples: the adaptive solver reached "
@@ -389,15 +410,8 @@ def ode_log_likelihood(
         raise ValueError(f"x is an empty batch (shape {x.shape}); pass at least one sample.")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"x must be a floating-point array; got dtype {x.dtype}.")
-    # On the device (no host copy of the batch; works when sharded). A traced result means the caller
-    # is inside jit/grad/vmap (even with a concrete x): then every check is attached in graph.
-    bad_rows = _non_finite_rows(x)
-    in_graph = isinstance(bad_rows, jax.core.Tracer)
-    nan_message = "x contains NaN or inf in {} of " + f"{x.shape[0]} samples; remove or fix them."
-    if in_graph:
-        x = eqx.error_if(x, bad_rows, nan_message.format("some"))
-    elif n_nan := int(np.count_nonzero(np.asarray(bad_rows))):
-        raise ValueError(nan_message.format(n_nan))
+    # in_graph: the caller is inside jit/grad/vmap (even with a concrete x); then every check is attached in graph
+    x, in_graph = _check_finite_rows(x, "x")
     t0 = float(sde.t_min if t_start is None else t_start)
     t1 = float(sde.T)
     if not (0.0 <= t0 < t1):

@@ -26,7 +26,7 @@ from scipy import stats
 import numerics
 from training import dequant as dq
 from training import evaluate as ev
-from training.data import load_digits, quantise_digits
+from training.data import check_images, load_digits, quantise_digits
 
 F32 = jnp.float32
 
@@ -232,7 +232,7 @@ def _fake_workdir(path, cfg_name: str, overrides, event_shape, scale: float = 0.
     ema = jax.tree.unflatten(tdef, [leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype)
                                     for leaf, k in zip(leaves, keys)])
     state = eqx.tree_at(lambda s: (s.step, s.ema), state, (jnp.asarray(5, jnp.int32), ema))
-    ck = Checkpointer(path / "checkpoints", every=5)
+    ck = Checkpointer(path / "checkpoints", write=True, every=5)
     ck.save(5, state, force=True)
     ck.close()
     (path / "config.json").write_text(json.dumps(config_to_dict(cfg)))
@@ -309,9 +309,9 @@ def test_bad_inputs_raise_clear_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"images_uint8 has images of shape \(1, 4, 4\)"):
         dq.dequantize_variational(deq, images[:, :, :4, :4], key)
     with pytest.raises(ValueError, match="dtype uint8"):
-        dq._check_images(images.astype(np.float32), None)
+        check_images(images.astype(np.float32), None)
     with pytest.raises(ValueError, match=r"shape \(N, C, H, W\)"):
-        dq._check_images(images[0], None)
+        check_images(images[0], None)
     with pytest.raises(ValueError, match="image_shape"):
         dq.FlowDequantizer((8, 8), key=key)
     with pytest.raises(ValueError, match="fewer than one batch"):

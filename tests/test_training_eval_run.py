@@ -341,7 +341,7 @@ def digits_workdir(tmp_path_factory):
     cfg = get_config("digits", ["model.nf=8", "model.ch_mult=1", "model.attn_resolutions=", "train.num_steps=1",
                                 "train.batch_size=8", "train.progress=false"])
     state, _, _, _ = init_state(cfg, (1, 8, 8))
-    ck = Checkpointer(d / "checkpoints", every=1)
+    ck = Checkpointer(d / "checkpoints", write=True, every=1)
     ck.save(0, state, force=True)
     ck.close()
     (d / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2, sort_keys=True))

@@ -94,7 +94,7 @@ def test_load_model_from_workdir(tmp_path):
     state, static, _, _ = init_state(cfg, (2,))
     ema = jax.tree.map(lambda a: a + 0.01, state.ema)  # distinguishable from params
     state = eqx.tree_at(lambda s: (s.step, s.ema), state, (jnp.asarray(20, jnp.int32), ema))
-    ck = Checkpointer(tmp_path / "checkpoints", every=10)
+    ck = Checkpointer(tmp_path / "checkpoints", write=True, every=10)
     ck.save(10, state, force=True)
     ck.save(20, state, force=True)
     ck.close()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import equinox as eqx
@@ -104,7 +105,10 @@ def test_vdm_vlb_bounds_ode_nll_and_entropy(vdm_run):
 def test_vdm_objective_needs_a_log_snr_sde():
     from training.objectives import make_objective
 
-    cfg = get_config("mixture2d", ["loss.objective=vdm"])
+    with pytest.raises(ValueError, match=r"sde.name must be 'vdm' for loss.objective=vdm.*set sde.name=vdm"):
+        get_config("mixture2d", ["loss.objective=vdm"])  # training.configs.validate
+    mix = get_config("mixture2d")
+    cfg = dataclasses.replace(mix, loss=dataclasses.replace(mix.loss, objective="vdm"))  # not validated
     with pytest.raises(ValueError, match="sde.name=vdm"):
         make_objective(None, cfg)
     with pytest.raises(ValueError, match="vdm_data=discrete needs 8-bit image"):
@@ -179,12 +183,13 @@ def test_init_from_checks_the_source(lu_runs, tmp_path):
 
 
 def test_init_from_starts_at_the_source_ema(lu_runs, tmp_path):
-    """A one-step fine-tuning run at learning rate 0 saves exactly the source's EMA parameters."""
+    """A one-step fine-tuning run whose only step has learning rate 0 (the first step of the linear
+    warm-up, lr·0/warmup) saves exactly the source's EMA parameters."""
     from training.train import load_state
 
     src, _, _ = lu_runs
-    cfg = get_config("lu_mog1d_first", QUIET + ["train.batch_size=512", "train.num_steps=1", "optim.lr=0",
-                                            "optim.warmup=0", f"train.init_from={src}"])
+    cfg = get_config("lu_mog1d_first", QUIET + ["train.batch_size=512", "train.num_steps=1", "optim.lr=1e-3",
+                                            "optim.warmup=10", f"train.init_from={src}"])
     train(cfg, tmp_path / "zero", log=lambda *a: None)
     import json
 
@@ -206,7 +211,7 @@ def test_init_from_starts_at_the_source_ema(lu_runs, tmp_path):
 ])
 def test_image_objectives_give_finite_gradients(preset, overrides):
     """VDM on 8-bit digits (discrete decoder, learned schedule, input Fourier features) and the
-    third-order Hutchinson objective on images: finite loss, metrics and gradients for every leaf,
+    second-order Hutchinson objective on images (the CIFAR-10 ``_second`` fine-tuning preset): finite loss, metrics and gradients for every leaf,
     including the schedule's parameters; the VDM loss in bits/dim is that of an untrained model
     (ε̂ ≡ 0: between 1 and 20 bits/dim)."""
     from training.objectives import ScheduledNet, make_objective, uses_discrete_data

@@ -185,7 +185,7 @@ def digits_workdir(tmp_path_factory):
     cfg = get_config("digits", ["model.nf=8", "model.ch_mult=1", "model.attn_resolutions=()",
                                 "model.num_res_blocks=1", "train.batch_size=8", "train.progress=false"])
     state, *_ = init_state(cfg, (1, 8, 8))
-    ck = Checkpointer(os.path.join(workdir, "checkpoints"))
+    ck = Checkpointer(os.path.join(workdir, "checkpoints"), write=True)
     ck.save(0, state, force=True)
     ck.wait()
     ck.close()

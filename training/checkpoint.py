@@ -4,10 +4,17 @@ keep-N, asynchronous, and forced on SIGTERM and at the end of a run.
 The saved item is a flat dict of the training state's array leaves (step, parameters, EMA
 parameters, optimiser state) keyed by position; the tree structure comes from the config, which
 is stored next to the checkpoints (``config.json``) and checked on ``--resume``.
+
+A :class:`Checkpointer` opens its directory **read-only** unless ``write=True``: a reader (evaluation,
+sampling, the dequantiser, ``train.init_from``, :func:`training.evaluate.checkpoint_steps`) neither
+creates the directory nor removes orbax's unfinished ``<step>.orbax-checkpoint-tmp*`` folders, so it
+can run while a trainer is writing a checkpoint there. Only the training loop opens for writing;
+its start-up removes the temporary folders a killed run left behind.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -16,12 +23,36 @@ import orbax.checkpoint as ocp
 __all__ = ["Checkpointer"]
 
 
+class _DropReadOnlyNotice(logging.Filter):
+    """orbax logs a warning ("Given directory is read only") each time a read-only manager opens;
+    for a reader that is the intended mode, not something to warn about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is read only" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropReadOnlyNotice())
+
+
 class Checkpointer:
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, every: int = 1000):
+    """The checkpoints in ``directory``: read-only by default; ``write=True`` (the training loop only)
+    creates the directory, cleans up unfinished temporary checkpoints, saves every ``every`` steps
+    and keeps the latest ``keep``."""
+
+    def __init__(self, directory: str | os.PathLike, *, write: bool = False, keep: int = 3, every: int = 1000):
         self.directory = os.path.abspath(os.fspath(directory))
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=every, create=True, cleanup_tmp_directories=True
-        )
+        self.writable = bool(write)
+        if self.writable:
+            if int(keep) < 1 or int(every) < 1:
+                raise ValueError(f"keep and every must be >= 1 (train.keep, train.ckpt_every); got keep={keep}, "
+                                 f"every={every}.")
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=int(keep), save_interval_steps=int(every), create=True, cleanup_tmp_directories=True
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, create=False, cleanup_tmp_directories=False, save_interval_steps=0, max_to_keep=None
+            )
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
     @staticmethod
@@ -37,6 +68,9 @@ class Checkpointer:
 
     def save(self, step: int, state, *, force: bool = False) -> bool:
         """Save ``state`` as checkpoint ``step`` if the interval says so (or ``force``)."""
+        if not self.writable:
+            raise PermissionError(f"the checkpoints in {self.directory} were opened read-only; open them with "
+                                  "Checkpointer(directory, write=True) to save (only the training loop does).")
         return self._mngr.save(step, args=ocp.args.StandardSave(self._flatten(state)), force=force)
 
     def restore(self, step: int | None, like):

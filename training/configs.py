@@ -12,13 +12,17 @@ Small presets (``mixture2d``, ``digits``) run on a laptop CPU in seconds to minu
 
 Overrides are ``section.field=value`` strings (``train.batch_size=64``, ``model.nf=32``); values
 are parsed by the field's declared type, and an unknown key raises a ``ValueError`` listing the
-valid keys.
+valid keys. :func:`validate` then checks the values (``train.keep >= 1``, ``0 <= optim.ema_rate < 1``,
+a finite ``optim.lr > 0``, ``sde.t_min < sde.T``, …) and raises a ``ValueError`` naming the key and
+the fix; :func:`get_config`, :func:`apply_overrides` and ``training.train.train`` call it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import types
 import typing
 from collections.abc import Sequence
@@ -38,6 +42,7 @@ __all__ = [
     "get_config",
     "list_configs",
     "apply_overrides",
+    "validate",
     "config_to_dict",
 ]
 
@@ -331,7 +336,7 @@ def get_config(name: str, overrides: Sequence[str] = ()) -> Config:
     """The preset ``name`` with ``key=value`` overrides applied."""
     if name not in PRESETS:
         raise ValueError(f"unknown config {name!r}; choose one of: {', '.join(list_configs())}.")
-    return apply_overrides(PRESETS[name], overrides)
+    return apply_overrides(PRESETS[name], overrides)  # validates
 
 
 # --- overrides ------------------------------------------------------------------------------
@@ -413,6 +418,118 @@ def apply_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
             raise ValueError(f"unknown config key {key!r}. Valid keys: {', '.join(_valid_keys(cfg))}.")
         value = _parse(raw.strip(), hints[section][name], key)
         cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{name: value})})
+    return validate(cfg)
+
+
+# --- value checks -----------------------------------------------------------------------------
+
+
+def _fail(key: str, value, must: str, fix: str):
+    raise ValueError(f"{key} must be {must} (got {value!r}): {fix}.")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_integer(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _integer(key: str, v, minimum: int, fix: str) -> None:
+    if not _is_integer(v) or v < minimum:
+        _fail(key, v, f"an integer >= {minimum}", fix)
+
+
+def _number(key: str, v, fix: str, *, above: float | int | None = None, at_least: float | int | None = None,
+            below: float | int | None = None) -> None:
+    """A finite number with the given bounds (``above``/``below`` strict, ``at_least`` inclusive)."""
+    conds = []
+    if above is not None:
+        conds.append(f"> {above:g}")
+    if at_least is not None:
+        conds.append(f">= {at_least:g}")
+    if below is not None:
+        conds.append(f"< {below:g}")
+    ok = (_is_number(v) and (above is None or v > above) and (at_least is None or v >= at_least)
+          and (below is None or v < below))
+    if not ok:
+        _fail(key, v, " and ".join(["a finite number " + conds[0], *conds[1:]]) if conds else "a finite number", fix)
+
+
+def validate(cfg: Config) -> Config:
+    """Check the values of ``cfg`` (the types are the dataclasses' and the overrides parser's job);
+    return it unchanged, or raise a ``ValueError`` naming the first bad key, what it must be, and the
+    fix, e.g. ``train.keep must be an integer >= 1 (got 0): ...``. Cross-field rules: ``sde.t_min <
+    sde.T``, ``sde.gamma_min < sde.gamma_max``, ``loss.objective=vdm`` needs ``sde.name=vdm``, and
+    ``data.mixture`` must name a mixture of :data:`training.data.MIXTURES` for ``data.name=mixture``."""
+    t, o, m, lo, s, d, dist = cfg.train, cfg.optim, cfg.model, cfg.loss, cfg.sde, cfg.data, cfg.distributed
+    # train
+    _integer("train.batch_size", t.batch_size, 1, "it is the global number of examples per step")
+    _integer("train.num_steps", t.num_steps, 1, "it is the step the run trains up to (a resumed run continues to it)")
+    _integer("train.log_every", t.log_every, 1, "metrics are written every train.log_every steps")
+    _integer("train.ckpt_every", t.ckpt_every, 1, "a checkpoint is saved every train.ckpt_every steps")
+    _integer("train.keep", t.keep, 1, "it is how many checkpoints are kept, and a killed run resumes from the latest "
+             "one; pass train.keep=1 or more")
+    _integer("train.seed", t.seed, 0, "pass a non-negative seed")
+    # optim
+    _number("optim.lr", o.lr, "it is Adam's peak learning rate; e.g. optim.lr=2e-4", above=0)
+    _integer("optim.warmup", o.warmup, 0, "the number of linear warm-up steps (0 = none)")
+    _number("optim.grad_clip", o.grad_clip, "the global gradient norm to clip at (0 = no clipping)", at_least=0)
+    _number("optim.beta1", o.beta1, "it is Adam's first-moment decay; e.g. optim.beta1=0.9", at_least=0, below=1)
+    _number("optim.beta2", o.beta2, "it is Adam's second-moment decay; e.g. optim.beta2=0.999", at_least=0, below=1)
+    _number("optim.eps", o.eps, "it is the offset in Adam's denominator; e.g. optim.eps=1e-8", above=0)
+    _number("optim.ema_rate", o.ema_rate,
+            "the EMA keeps this fraction of its old value per step; e.g. optim.ema_rate=0.9999", at_least=0, below=1)
+    _number("optim.weight_decay", o.weight_decay, "AdamW's decoupled weight decay (0 = plain Adam)", at_least=0)
+    # model
+    _integer("model.width", m.width, 1, "the MLP's hidden width")
+    _integer("model.depth", m.depth, 0, "the MLP's number of residual blocks")
+    _integer("model.temb_dim", m.temb_dim, 1, "the MLP's time-embedding size")
+    _integer("model.nf", m.nf, 1, "DDPM++'s base channel count (a multiple of 4)")
+    if len(m.ch_mult) == 0 or not all(_is_integer(c) and c >= 1 for c in m.ch_mult):
+        _fail("model.ch_mult", m.ch_mult, "a non-empty list of integers >= 1", "one channel multiplier per resolution, "
+              "e.g. model.ch_mult=1,2,2,2")
+    _integer("model.num_res_blocks", m.num_res_blocks, 1, "DDPM++'s residual blocks per resolution")
+    if not all(_is_integer(r) and r >= 1 for r in m.attn_resolutions):
+        _fail("model.attn_resolutions", m.attn_resolutions, "a list of positive resolutions",
+              "e.g. model.attn_resolutions=16, or model.attn_resolutions= for none")
+    _number("model.dropout", m.dropout, "the dropout probability; e.g. model.dropout=0.1", at_least=0, below=1)
+    _number("model.fourier_scale", m.fourier_scale, "the scale of the Fourier time embedding", above=0)
+    # loss
+    if lo.order not in (2, 3):
+        _fail("loss.order", lo.order, "2 or 3", "the highest order of Lu et al.'s high-order objective")
+    if len(lo.order_weights) != 3 or not all(_is_number(w) and w >= 0 for w in lo.order_weights):
+        _fail("loss.order_weights", lo.order_weights, "three finite numbers >= 0",
+              "the weights (w1, w2, w3) of the first-, second- and third-order terms, e.g. 1,1,1")
+    _integer("loss.n_probes", lo.n_probes, 1, "Hutchinson probes per example")
+    if lo.objective == "vdm" and s.name != "vdm":
+        _fail("sde.name", s.name, "'vdm' for loss.objective=vdm",
+              "VDM's loss needs a γ = −log SNR schedule; set sde.name=vdm")
+    # sde
+    _number("sde.T", s.T, "the end time of the forward SDE", above=0)
+    if s.t_min is not None:
+        _number("sde.t_min", s.t_min, "lower sde.t_min or raise sde.T (sde.t_min=none uses the SDE's default)",
+                at_least=0, below=s.T)
+    _integer("sde.schedule_features", s.schedule_features, 1, "hidden units of the learned VDM schedule")
+    _number("sde.gamma_max", s.gamma_max, "γ(1) of the VDM schedule; e.g. sde.gamma_max=5")
+    _number("sde.gamma_min", s.gamma_min, "γ(0) of the VDM schedule must lie below γ(1) = sde.gamma_max",
+            below=s.gamma_max)
+    # data
+    if d.name == "mixture":
+        from training.data import MIXTURES
+
+        if d.mixture not in MIXTURES:
+            _fail("data.mixture", d.mixture, f"one of {sorted(MIXTURES)}",
+                  "the name of a mixture of training.data.MIXTURES")
+    # distributed
+    if dist.num_processes is not None:
+        _integer("distributed.num_processes", dist.num_processes, 1, "the number of hosts")
+    if dist.process_id is not None:
+        _integer("distributed.process_id", dist.process_id, 0, "this host's index, 0 .. num_processes - 1")
+        if dist.num_processes is not None and dist.process_id >= dist.num_processes:
+            _fail("distributed.process_id", dist.process_id, f"< distributed.num_processes = {dist.num_processes}",
+                  "hosts are numbered 0 .. num_processes - 1")
     return cfg
 
 

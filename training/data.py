@@ -23,13 +23,16 @@ from importlib import resources
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray, UInt8
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped, UInt8
 
 __all__ = [
     "ImageDataset",
     "load_cifar10",
     "load_digits",
     "quantise_digits",
+    "check_pixels",
+    "check_images",
+    "dequantize_with",
     "dequantize",
     "ImageStream",
     "MixtureStream",
@@ -177,13 +180,50 @@ def load_digits() -> ImageDataset:
     return ImageDataset(quantise_digits(raw)[:, None, :, :], labels.astype(np.int64))
 
 
+def check_pixels(k, name: str = "images_uint8"):
+    """``k`` unchanged if its dtype is uint8 (8-bit pixels, so integers in 0..255), else a ValueError
+    naming ``name``. Works on traced arrays (the dtype is static)."""
+    dtype = getattr(k, "dtype", None)
+    if dtype is None or np.dtype(dtype) != np.uint8:
+        hint = (f" Check that they lie in 0..255 and convert with {name}.astype(np.uint8)."
+                if dtype is not None and np.issubdtype(np.dtype(dtype), np.integer) else "")
+        raise ValueError(f"{name} must be 8-bit pixels (dtype uint8) of shape (N, C, H, W); got dtype {dtype}. "
+                         f"Pass the raw integer images, not dequantised floats.{hint}")
+    return k
+
+
+def check_images(images_uint8, image_shape: tuple[int, ...] | None = None, name: str = "images_uint8"):
+    """``images_uint8`` unchanged if it is a batch of 8-bit images: dtype uint8 (:func:`check_pixels`),
+    shape (N, C, H, W) with N ≥ 1, and (C, H, W) = ``image_shape`` (the shape a dequantiser was built
+    for) when given; else a ValueError
+    naming ``name``. Shared by the dequantisers (training.dequant) and the bits/dim evaluations
+    (training.evaluate)."""
+    check_pixels(images_uint8, name)
+    shape = tuple(getattr(images_uint8, "shape", ()))
+    if len(shape) != 4 or shape[0] < 1:
+        raise ValueError(f"{name} must have shape (N, C, H, W) with N ≥ 1; got shape {shape}.")
+    if image_shape is not None and shape[1:] != tuple(image_shape):
+        raise ValueError(f"{name} has images of shape {shape[1:]}, but the dequantiser was built for {tuple(image_shape)}.")
+    return images_uint8
+
+
+def dequantize_with(k: Shaped[Array, "batch *event"], u: Float[ArrayLike, "..."], *,
+                    centered: bool = True) -> Float[Array, "batch *event"]:
+    """Song et al. 2021's dequantisation at given offsets u ∈ [0, 1) (THEORY.md §2.9): y = (k + u)/256
+    and, when ``centered``, x = 2y − 1 ∈ [−1, 1); float32. ``k``: pixel values 0..255 (uint8, or
+    their float32 values); ``u`` broadcasts against ``k``. The one place of this map: uniform
+    (:func:`dequantize`) and variational (training.dequant) dequantisation both use it."""
+    y = (k.astype(F32) + jnp.asarray(u, F32)) / 256.0
+    return 2.0 * y - 1.0 if centered else y
+
+
 def dequantize(
     k: UInt8[Array, "batch *event"], key: PRNGKeyArray, *, centered: bool = True
 ) -> Float[Array, "batch *event"]:
-    """Uniform dequantization y = (k + u)/256, u ~ U[0,1); centred x = 2y − 1 (THEORY.md §2.9). float32."""
-    u = jax.random.uniform(key, k.shape, dtype=F32)
-    y = (k.astype(F32) + u) / 256.0
-    return 2.0 * y - 1.0 if centered else y
+    """Uniform dequantization: :func:`dequantize_with` at u ~ U[0,1)^D (THEORY.md §2.9). float32.
+    ``k`` must be uint8 (the raw pixels; :func:`check_pixels`)."""
+    check_pixels(k, "k")
+    return dequantize_with(k, jax.random.uniform(key, k.shape, dtype=F32), centered=centered)
 
 
 # --- streams: what the training loop consumes --------------------------------------------------

@@ -71,6 +71,8 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, UInt8
 
 import numerics
 from numerics.likelihood import bits_per_dim
+from training.data import check_images, dequantize_with
+from training.metrics import all_finite
 
 __all__ = [
     "FlowDequantizer",
@@ -267,7 +269,7 @@ class FlowDequantizer(eqx.Module):
         standard-logistic base noise. u = σ(z) ∈ (0, 1) (float32 rounds to 1 for z ≳ 17)."""
         k = k.astype(F32)
         eps = eps.astype(F32)
-        h = self.cond((2.0 * k + 1.0) / 256.0 - 1.0)
+        h = self.cond(dequantize_with(k, 0.5, centered=True))  # the centred image at the bins' centres
         z = eps
         log_det = jnp.zeros((), F32)
         for layer in self.couplings:
@@ -283,7 +285,7 @@ class FlowDequantizer(eqx.Module):
         sampling path :meth:`__call__` does not need it; it serves checks (e.g. ∫ q du = 1)."""
         k = k.astype(F32)
         u = u.astype(F32)
-        h = self.cond((2.0 * k + 1.0) / 256.0 - 1.0)
+        h = self.cond(dequantize_with(k, 0.5, centered=True))
         z_out = jnp.log(u) - jnp.log1p(-u)
         z = z_out
         log_det = jnp.zeros((), F32)
@@ -296,32 +298,14 @@ class FlowDequantizer(eqx.Module):
 # --- batch API ------------------------------------------------------------------------------------
 
 
-def _check_images(images_uint8, image_shape: tuple[int, ...] | None, name: str = "images_uint8") -> np.ndarray | Array:
-    dtype = getattr(images_uint8, "dtype", None)
-    shape = tuple(getattr(images_uint8, "shape", ()))
-    if dtype is None or np.dtype(dtype) != np.uint8:
-        raise ValueError(f"{name} must be 8-bit pixels (dtype uint8) of shape (N, C, H, W); got dtype {dtype}. "
-                         "Pass the raw integer images, not dequantised floats.")
-    if len(shape) != 4 or shape[0] < 1:
-        raise ValueError(f"{name} must have shape (N, C, H, W) with N ≥ 1; got shape {shape}.")
-    if image_shape is not None and shape[1:] != tuple(image_shape):
-        raise ValueError(f"{name} has images of shape {shape[1:]}, but the dequantiser was built for {tuple(image_shape)}.")
-    return images_uint8
-
-
 def _scale(centered: bool) -> float:
     return 2.0 if centered else 1.0
-
-
-def _x_of(k: Array, u: Array, centered: bool) -> Array:
-    y = (k.astype(F32) + u) / 256.0
-    return 2.0 * y - 1.0 if centered else y
 
 
 @eqx.filter_jit
 def _apply(deq: FlowDequantizer, k: UInt8[Array, "n c h w"], eps: Float[Array, "n c h w"]):
     u, log_q = jax.vmap(deq)(k.astype(F32), eps)
-    return _x_of(k, u, deq.centered), log_q
+    return dequantize_with(k, u, centered=deq.centered), log_q
 
 
 def dequantize_variational(
@@ -332,7 +316,7 @@ def dequantize_variational(
     on the unit cube), both float32. The bound on −log P(k) in bits/dim is then
     ``numerics.likelihood.bits_per_dim(log p_x(x) − log_q, D, data_scale=2)`` (data_scale 1 when not
     centred); at initialisation log_q ≡ 0 and x is uniformly dequantised."""
-    _check_images(images_uint8, deq.image_shape)
+    check_images(images_uint8, deq.image_shape)
     k = jnp.asarray(images_uint8)
     eps = jax.random.logistic(key, k.shape, dtype=F32)
     return _apply(deq, k, eps)
@@ -350,12 +334,14 @@ def dequantization_bound_terms(
 
     if deq is None:
         u = jax.nn.sigmoid(eps_base.astype(F32))
-        x = _x_of(k, u, True)  # centred: the caller checks the model's convention
+        x = dequantize_with(k, u, centered=True)  # centred: the caller checks the model's convention
         log_q = jnp.zeros((k.shape[0],), F32)
     else:
         u, log_q = jax.vmap(deq)(k.astype(F32), eps_base)
-        x = _x_of(k, u, deq.centered)
-    b = eps_offset_bound_terms(model, sde, x, t.astype(F32), eps_t.astype(F32), eps_0.astype(F32), weighting="g2_is").total
+        x = dequantize_with(k, u, centered=deq.centered)
+    # x is finite for uint8 k and finite flow parameters; the training loop checks its objective itself
+    b = eps_offset_bound_terms(model, sde, x, t.astype(F32), eps_t.astype(F32), eps_0.astype(F32), weighting="g2_is",
+                               check_finite=False).total
     return b.astype(F32) + log_q, log_q
 
 
@@ -403,6 +389,7 @@ def _train_step(params, static, opt_state, model, sde, k, key, lr, tx):
         "objective_se": jnp.std(per) / jnp.sqrt(jnp.asarray(n, F32)),
         "mean_log_q": jnp.mean(log_q),
         "grad_norm": optax.tree.norm(grads),
+        "state_finite": all_finite((params, opt_state)),  # after the update: what a checkpoint would save
     }
     return params, opt_state, {k_: v.astype(F32) for k_, v in metrics.items()}
 
@@ -418,8 +405,20 @@ class DequantTrainResult:
     history: list[dict]
 
 
-def _bpd(nats, dims: int, centered: bool) -> float:
-    return float(bits_per_dim(-jnp.asarray(nats, jnp.float64), dims, data_scale=_scale(centered)))
+def _check_window(window: list[dict], first_step: int) -> None:
+    """Raise FloatingPointError if a step of ``window`` (the metrics of steps ``first_step + 1``, …)
+    had a non-finite objective or gradient norm, or left non-finite parameters or Adam state. Runs at
+    every log step and before every checkpoint, so no saved dequantiser holds a non-finite value."""
+    for i, m in enumerate(window):
+        objective, gnorm = float(m["objective"]), float(m["grad_norm"])
+        if not (math.isfinite(objective) and math.isfinite(gnorm)):
+            what = f"objective ({objective}) or gradient norm ({gnorm})"
+        elif float(m["state_finite"]) != 1.0:
+            what = "parameters or optimiser state after the update"
+        else:
+            continue
+        raise FloatingPointError(f"non-finite dequantiser {what} at step {first_step + i + 1}; stopping (the state "
+                                 "after it was not saved; the last saved dequantiser is intact). Lower --lr.")
 
 
 def train_dequantizer(
@@ -454,14 +453,21 @@ def train_dequantizer(
     (the score network's parameters are constants; gradients pass through x into it); clipping at
     global norm ``grad_clip`` and Adam with learning rate ``lr``. Everything in float32. The step key
     is ``fold_in(key, step)``, so a run continued from (``init``, ``opt_state``, ``start_step``) repeats
-    an uninterrupted one. ``checkpoint(result)`` is called every ``checkpoint_every`` steps and at the
-    end. The objective is reported in bits/dim (``bits_per_dim(−objective, D, data_scale)``).
+    an uninterrupted one. ``checkpoint(result)`` is called every ``checkpoint_every`` steps (0: only
+    at the end) and at the end; every step's objective, gradient norm, and parameters and Adam state
+    after its update are checked finite at each log step (every ``log_every``) and before every
+    checkpoint (FloatingPointError otherwise), so no checkpoint holds a non-finite flow. The objective
+    is reported in bits/dim (:func:`training.evaluate.to_bits_per_dim`, data_scale 2 when centred).
     """
     from training.data import ImageDataset, ImageStream
+    from training.evaluate import Estimate, to_bits_per_dim
 
-    images = np.asarray(_check_images(images_uint8, None if init is None else init.image_shape))
+    images = np.asarray(check_images(images_uint8, None if init is None else init.image_shape))
     if steps < 0 or batch_size < 1:
         raise ValueError(f"steps must be ≥ 0 and batch_size ≥ 1; got steps={steps}, batch_size={batch_size}.")
+    if log_every < 1 or checkpoint_every < 0:
+        raise ValueError(f"log_every must be ≥ 1 and checkpoint_every ≥ 0 (0 = only at the end); got "
+                         f"log_every={log_every}, checkpoint_every={checkpoint_every}.")
     if images.shape[0] < batch_size:
         raise ValueError(f"images_uint8 holds {images.shape[0]} images, fewer than one batch of {batch_size}.")
     if not (lr > 0 and math.isfinite(lr)):
@@ -498,16 +504,17 @@ def train_dequantizer(
             if pbar is not None:
                 pbar.update(1)
             if done % log_every == 0 or done == steps:
+                _check_window(window, done - len(window))
                 vals = np.array([float(m["objective"]) for m in window])
-                if not np.all(np.isfinite(vals)):
-                    raise FloatingPointError(f"non-finite dequantiser objective at step {done}; lower --lr.")
                 se = float(np.sqrt(np.mean([float(m["objective_se"]) ** 2 for m in window]) / len(window)))
+                bpd = to_bits_per_dim(Estimate(np.array([vals.mean()]), np.array([se])), dims,
+                                      data_scale=_scale(deq.centered))
                 rec = {
                     "step": done,
                     "objective_nats": float(vals.mean()),
                     "objective_se_nats": se,
-                    "objective_bpd": _bpd(vals.mean(), dims, deq.centered),
-                    "objective_se_bpd": se / (dims * math.log(2.0)),
+                    "objective_bpd": float(bpd.values[0]),
+                    "objective_se_bpd": float(bpd.stderr[0]),
                     "mean_log_q": float(np.mean([float(m["mean_log_q"]) for m in window])),
                     "grad_norm": float(window[-1]["grad_norm"]),
                     "steps_per_s": len(window) / (time.perf_counter() - t0),
@@ -517,6 +524,7 @@ def train_dequantizer(
                 if pbar is not None:
                     pbar.set_postfix(bpd=f"{rec['objective_bpd']:.4f}", log_q=f"{rec['mean_log_q']:.3g}")
             if checkpoint is not None and checkpoint_every > 0 and done % checkpoint_every == 0 and done != steps:
+                _check_window(window, done - len(window))
                 checkpoint(DequantTrainResult(eqx.combine(params, static), opt_state, done, history))
         step = max(steps, start_step)
     finally:
@@ -568,7 +576,7 @@ def compare_dequantization(
         raise ValueError("compare_dequantization assumes centred data (x = 2(k + u)/256 − 1); deq.centered is False.")
     if n_draws < 2:
         raise ValueError(f"n_draws must be at least 2 (for a per-image standard error); got {n_draws}.")
-    images = np.asarray(_check_images(images_uint8, deq.image_shape))
+    images = np.asarray(check_images(images_uint8, deq.image_shape))
     n = images.shape[0]
     dims = int(np.prod(images.shape[1:]))
     bs = n if batch_size is None else int(batch_size)
@@ -582,13 +590,12 @@ def compare_dequantization(
                                 jnp.asarray(n_draws, F32))
             vd[s : s + bs, j] = np.asarray(a, np.float64)
             un[s : s + bs, j] = np.asarray(b, np.float64)
-    c = dims * math.log(2.0)
-    offset = 8.0 - 1.0  # log2(256) − log2(data_scale = 2)
-
-    def est(d, shift):
-        return Estimate(d.mean(1) / c + shift, d.std(1, ddof=1) / math.sqrt(n_draws) / c, "bits/dim")
-
-    return BoundComparison(est(vd, offset), est(un, offset), est(vd - un, 0.0))
+    # each draw in bits/dim (the bound B + log q on −log p_x, converted by numerics' bits_per_dim), then
+    # per-image means and standard errors over the draws; the difference is paired draw by draw
+    bpd_vd = np.asarray(bits_per_dim(-vd, dims, data_scale=_scale(deq.centered)), np.float64)
+    bpd_un = np.asarray(bits_per_dim(-un, dims, data_scale=_scale(deq.centered)), np.float64)
+    return BoundComparison(Estimate.from_draws(bpd_vd, "bits/dim"), Estimate.from_draws(bpd_un, "bits/dim"),
+                           Estimate.from_draws(bpd_vd - bpd_un, "bits/dim"))
 
 
 # --- saving and loading ---------------------------------------------------------------------------
@@ -723,6 +730,31 @@ def _split(n: int, n_eval: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
 
 
+def _check_args(args) -> None:
+    """ValueError naming the first command-line flag with a value out of range, and the fix."""
+
+    def need(flag: str, ok: bool, must: str, value) -> None:
+        if not ok:
+            raise ValueError(f"{flag} must be {must} (got {value!r}).")
+
+    need("--steps", args.steps >= 0, "an integer >= 0 (the total number of training steps)", args.steps)
+    need("--batch-size", args.batch_size >= 1, "an integer >= 1 (images per step)", args.batch_size)
+    need("--lr", math.isfinite(args.lr) and args.lr > 0, "a finite number > 0 (Adam's learning rate, e.g. 1e-3)", args.lr)
+    need("--grad-clip", math.isfinite(args.grad_clip) and args.grad_clip >= 0,
+         "a finite number >= 0 (the global norm to clip gradients at; 0 = off)", args.grad_clip)
+    need("--seed", args.seed >= 0, "an integer >= 0", args.seed)
+    for flag, v in (("--hidden", args.hidden), ("--layers", args.layers), ("--components", args.components)):
+        need(flag, v >= 1, "an integer >= 1", v)
+    need("--num-images", args.num_images is None or args.num_images >= 1, "an integer >= 1 (or left out for all)",
+         args.num_images)
+    need("--eval-images", args.eval_images >= 0, "an integer >= 0 (0 = no held-out comparison)", args.eval_images)
+    need("--eval-draws", args.eval_draws >= 2, "an integer >= 2 (draws per held-out image, for its standard error)",
+         args.eval_draws)
+    need("--ckpt-every", args.ckpt_every >= 1, "an integer >= 1 (save the dequantiser every N steps, so that a "
+         "killed run loses at most N steps)", args.ckpt_every)
+    need("--log-every", args.log_every >= 1, "an integer >= 1 (a history record every N steps)", args.log_every)
+
+
 _IDENTITY = ("batch_size", "seed", "lr", "grad_clip", "hidden", "layers", "components", "eval_images", "num_images")
 
 
@@ -732,6 +764,7 @@ def run(args) -> int:
     workdir = os.path.abspath(args.workdir)
     identity = {k: getattr(args, k) for k in _IDENTITY}
     try:
+        _check_args(args)
         locate_checkpoint(workdir, args.step)  # a training work directory with that checkpoint, or a clear error
         prev = _existing(workdir)
         saved: dict = {}
@@ -791,12 +824,12 @@ def run(args) -> int:
               f"{last['objective_se_bpd']:.4f} bits/dim (steps {max(start, last['step'] - args.log_every) + 1}-{last['step']})")
     if n_eval > 0:
         cmp = compare_dequantization(model, sde, res.dequantizer, images[ev_idx], jax.random.fold_in(key, 2**30),
-                                     n_draws=max(2, int(args.eval_draws)), batch_size=args.batch_size)
-        print(f"held-out ({n_eval} images, {max(2, int(args.eval_draws))} draws): {cmp}")
+                                     n_draws=int(args.eval_draws), batch_size=args.batch_size)
+        print(f"held-out ({n_eval} images, {int(args.eval_draws)} draws): {cmp}")
         path = _existing(workdir)
         saved_cfg = _read_config(path)
         saved_cfg["heldout"] = {
-            "step": res.step, "n_images": n_eval, "n_draws": max(2, int(args.eval_draws)),
+            "step": res.step, "n_images": n_eval, "n_draws": int(args.eval_draws),
             "variational_bpd": cmp.variational.mean, "variational_se": cmp.variational.se,
             "uniform_bpd": cmp.uniform.mean, "uniform_se": cmp.uniform.se,
             "difference_bpd": cmp.difference.mean, "difference_se": cmp.difference.se,

@@ -36,7 +36,12 @@ error over examples (which already contains the Monte Carlo noise of each exampl
 * :func:`to_bits_per_dim`, :func:`image_nll_bpd`, :func:`image_bound_bpd` — uniform
   dequantisation (training.data.dequantize) and numerics.likelihood.bits_per_dim
   (data_scale = 2 for data centred to [−1, 1]; THEORY.md §2.9).
-* :func:`load_model` — the EMA parameters of a training work directory's checkpoint.
+* :func:`load_model` — the EMA parameters of a training work directory's checkpoint (opened
+  read-only, so it can run beside a live trainer; training.checkpoint).
+
+Bad input: a sample with NaN or inf raises the same ValueError in :func:`ode_nll` and the bound
+functions (:func:`check_finite_samples`); the image functions take only raw uint8 pixels
+(training.data.check_images).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 import numerics
-from numerics.likelihood import bits_per_dim, ode_log_likelihood
+from numerics.likelihood import bits_per_dim, check_finite_samples, ode_log_likelihood
 from numerics.bounds import EpsOffsetBound
 from numerics.bounds import eps_offset_bound as assemble_bound
 from numerics.losses import dsm_loss_terms, time_weight
@@ -66,6 +71,7 @@ __all__ = [
     "Estimate",
     "EpsModel",
     "eps_from_score",
+    "check_finite_samples",
     "ode_nll",
     "eps_offset_bound_terms",
     "eps_offset_bound",
@@ -94,6 +100,13 @@ class Estimate:
     values: np.ndarray
     stderr: np.ndarray
     unit: str = "nats"
+
+    @classmethod
+    def from_draws(cls, draws: np.ndarray, unit: str = "nats") -> "Estimate":
+        """Per-example mean of Monte Carlo draws (N, n_draws) and its standard error, the draws'
+        standard deviation (ddof 1) over √n_draws."""
+        draws = np.asarray(draws, np.float64)
+        return cls(draws.mean(1), draws.std(1, ddof=1) / math.sqrt(draws.shape[1]), unit)
 
     @property
     def mean(self) -> float:
@@ -156,6 +169,9 @@ def eps_from_score(score_fn: Callable, sde: SDE) -> EpsModel:
     return EpsModel(_ScoreAsEps(score_fn, sde), sde, compute_dtype=F64)
 
 
+# --- input checks -----------------------------------------------------------------------------------
+
+
 # --- ODE likelihood ---------------------------------------------------------------------------------
 
 
@@ -216,6 +232,7 @@ def eps_offset_bound_terms(
     *,
     weighting: Literal["g2", "g2_is"] = "g2_is",
     control_variate: bool = True,
+    check_finite: bool = True,
 ) -> EpsOffsetBound:
     """One unbiased per-example draw of Song et al.'s ε-offset bound (THEORY.md §2.7), ε = sde.t_min.
 
@@ -223,10 +240,14 @@ def eps_offset_bound_terms(
     :func:`numerics.losses.dsm_loss_terms` (t drawn by the caller from the weighting's law), minus the
     control variate c(t)·w(t)·½(‖ε‖² − D) when ``control_variate``; prior, Eq. 2.1 constant, Tweedie
     decoder (x_ε from ``eps_0``) and entropy are assembled by :func:`numerics.bounds.eps_offset_bound`.
-    Computes in the dtype of ``x0``.
+    Computes in the dtype of ``x0``. A sample of ``x0`` with NaN or inf raises a ValueError
+    (:func:`check_finite_samples`, as :func:`ode_nll`); ``check_finite=False`` skips that check for
+    callers that checked already or watch their own results (the dequantiser's training loop).
     """
     if weighting not in ("g2", "g2_is"):
         raise ValueError(f"the bound needs the likelihood weighting ('g2' or 'g2_is'); got {weighting!r}.")
+    if check_finite:
+        x0 = check_finite_samples(x0, "x0")
     n = x0.shape[0]
     D = int(np.prod(x0.shape[1:]))
     dtype = x0.dtype
@@ -253,7 +274,7 @@ def _bound_draw(model, sde, x0, key, stratum, n_strata, weighting, control_varia
     eps_t = jax.random.normal(k_e, x0.shape, x0.dtype)
     eps_0 = jax.random.normal(k_0, x0.shape, x0.dtype)
     return eps_offset_bound_terms(model, sde, x0, t, eps_t, eps_0, weighting=weighting,
-                                  control_variate=control_variate).total
+                                  control_variate=control_variate, check_finite=False).total  # checked by the caller
 
 
 def eps_offset_bound(
@@ -271,10 +292,11 @@ def eps_offset_bound(
     """Song et al. 2021's upper bound on −log p_0(x) with the ε-offset (Theorem 2 + THEORY.md §2.7),
     in nats per example: the mean of ``n_draws`` draws of :func:`eps_offset_bound_terms` (t ~ p_IS by
     default, stratified over the draws; fresh ε per draw), with the draws' (conservative) standard error. ``model`` must expose ``eps`` (an
-    :class:`EpsModel`; wrap an exact score with :func:`eps_from_score`)."""
+    :class:`EpsModel`; wrap an exact score with :func:`eps_from_score`). A sample of ``x`` with NaN or
+    inf raises a ValueError, as in :func:`ode_nll`."""
     if n_draws < 2:
         raise ValueError(f"n_draws must be at least 2 (for a per-example standard error); got {n_draws}.")
-    x = jnp.asarray(x, dtype)
+    x = check_finite_samples(jnp.asarray(x, dtype))
     n = x.shape[0]
     bs = n if batch_size is None else int(batch_size)
     draws = []
@@ -286,8 +308,7 @@ def eps_offset_bound(
             for s in range(0, n, bs)
         ]
         draws.append(np.concatenate([np.asarray(p, np.float64) for p in parts]))
-    d = np.stack(draws, axis=1)
-    return Estimate(d.mean(1), d.std(1, ddof=1) / math.sqrt(d.shape[1]), "nats")
+    return Estimate.from_draws(np.stack(draws, axis=1), "nats")
 
 
 # --- bits/dim ---------------------------------------------------------------------------------------
@@ -301,15 +322,16 @@ def to_bits_per_dim(est: Estimate, dims: int, *, data_scale: float = 2.0, n_bins
 
 
 def _dequantised(k_uint8, key, centered: bool):
-    from training.data import dequantize
+    from training.data import check_images, dequantize
 
-    return dequantize(jnp.asarray(k_uint8), key, centered=centered)
+    return dequantize(jnp.asarray(check_images(k_uint8)), key, centered=centered)
 
 
 def image_nll_bpd(model: Callable, sde: SDE, images_uint8, key: PRNGKeyArray, *, centered: bool = True,
                   **ode_kw) -> Estimate:
     """Bits/dim of 8-bit images (N, C, H, W) by the ODE NLL of uniformly dequantised data (one u per
-    image: an unbiased estimate of the Jensen bound on −log₂ P(k)/D)."""
+    image: an unbiased estimate of the Jensen bound on −log₂ P(k)/D). ``images_uint8`` must be the raw
+    uint8 pixels (training.data.check_images), not dequantised floats."""
     k_u, k_p = jax.random.split(key)
     x = _dequantised(images_uint8, k_u, centered)
     est = ode_nll(model, sde, x, key=k_p, **ode_kw)
@@ -318,7 +340,8 @@ def image_nll_bpd(model: Callable, sde: SDE, images_uint8, key: PRNGKeyArray, *,
 
 def image_bound_bpd(model: EpsModel, sde: SDE, images_uint8, key: PRNGKeyArray, *, centered: bool = True,
                     **bound_kw) -> Estimate:
-    """Bits/dim of 8-bit images by the ε-offset bound of uniformly dequantised data."""
+    """Bits/dim of 8-bit images (raw uint8 pixels, as :func:`image_nll_bpd`) by the ε-offset bound of
+    uniformly dequantised data."""
     k_u, k_b = jax.random.split(key)
     x = _dequantised(images_uint8, k_u, centered)
     est = eps_offset_bound(model, sde, x, k_b, **bound_kw)
@@ -348,7 +371,7 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
     """The steps of the checkpoints kept in ``workdir/checkpoints``."""
     from training.checkpoint import Checkpointer
 
-    ck = Checkpointer(os.path.join(os.fspath(workdir), "checkpoints"))
+    ck = Checkpointer(os.path.join(os.fspath(workdir), "checkpoints"))  # read-only: a live trainer may be writing
     try:
         return sorted(ck.all_steps())
     finally:

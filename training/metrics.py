@@ -1,4 +1,5 @@
-"""Metrics as JSON lines (``<workdir>/metrics.jsonl``), one record per logging step."""
+"""Metrics as JSON lines (``<workdir>/metrics.jsonl``), one record per logging step, and
+:func:`all_finite`, the on-device finiteness metric the training loops check before they save."""
 
 from __future__ import annotations
 
@@ -6,7 +7,20 @@ import json
 import math
 import os
 
-__all__ = ["MetricsWriter", "read_metrics"]
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
+
+__all__ = ["MetricsWriter", "read_metrics", "all_finite"]
+
+
+def all_finite(tree: PyTree) -> Float[Array, ""]:
+    """1.0 if every value of every array leaf of ``tree`` is finite, else 0.0 (float32; jit-friendly).
+    Leaf by leaf, not through a norm: the norm of large but finite parameters overflows float32."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.ones((), jnp.float32)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])).astype(jnp.float32)
 
 
 def _clean(v):

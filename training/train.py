@@ -34,9 +34,9 @@ from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 import numerics
 from training import sharding as shd
 from training.checkpoint import Checkpointer
-from training.configs import Config, config_to_dict
+from training.configs import Config, config_to_dict, validate
 from training.data import event_shape_of, make_stream
-from training.metrics import MetricsWriter
+from training.metrics import MetricsWriter, all_finite
 from training.networks import DDPMpp, FlatMLPScoreNet, MLPScoreNet
 from training.objectives import ScheduledNet, make_objective, uses_discrete_data
 
@@ -57,7 +57,8 @@ F32 = jnp.float32
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when a step produces a NaN/inf loss or gradient norm; the last good checkpoint is kept."""
+    """Raised when a step produces a NaN/inf loss or gradient norm, or NaN/inf parameters, EMA or
+    optimiser state after its update; nothing non-finite is saved, so the last checkpoint is good."""
 
 
 class TrainState(eqx.Module):
@@ -178,9 +179,11 @@ def make_train_step(static, stream, tx, schedule, cfg: Config, mesh=None):
 
     Metrics: ``loss`` (batch mean of the objective's per-example values; for DSM an unbiased
     estimate of J_DSM), ``loss_se`` (its standard error), ``grad_norm`` (before clipping), ``lr``,
-    and the objective's own (training.objectives): for DSM ``eps_mse_{low,mid,high}_noise`` (mean
-    of ½‖ε − ε̂‖²/D by thirds of log-SNR), for high-order DSM each order's term, for VDM the VLB
-    terms, the diffusion term's variance and the schedule's endpoints γ₀, γ₁.
+    ``state_finite`` (1 if every parameter, EMA and optimiser-state value after the update is finite,
+    else 0; the loop saves no state without it), and the objective's own (training.objectives): for
+    DSM ``eps_mse_{low,mid,high}_noise`` (mean of ½‖ε − ε̂‖²/D by thirds of log-SNR), for high-order
+    DSM each order's term, for VDM the VLB terms, the diffusion term's variance and the schedule's
+    endpoints γ₀, γ₁.
     """
     loss_fn = make_loss_fn(static, cfg, train=True)
     discrete = uses_discrete_data(cfg)
@@ -204,6 +207,7 @@ def make_train_step(static, stream, tx, schedule, cfg: Config, mesh=None):
             "loss_se": jnp.std(terms) / jnp.sqrt(jnp.asarray(terms.shape[0], F32)),
             "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state.step),
+            "state_finite": all_finite((params, ema, opt_state)),
             **obj_metrics,
         }
         metrics = {k: v.astype(F32) for k, v in metrics.items()}
@@ -262,20 +266,33 @@ class _SigtermFlag:
 
 
 def _check_finite(step: int, metrics: dict, ckpt: Checkpointer) -> None:
+    """Raise :class:`NonFiniteLossError` if step ``step`` had a non-finite loss or gradient norm, or
+    left non-finite parameters, EMA or optimiser state (``state_finite``). Called on every step's
+    metrics before the state after it may be saved, so every checkpoint holds a finite state."""
     loss = float(metrics["loss"])
     gnorm = float(metrics["grad_norm"])
-    if not (math.isfinite(loss) and math.isfinite(gnorm)):
-        ckpt.wait()
-        last = ckpt.latest_step()
-        where = f"the last good checkpoint (step {last}) is intact" if last is not None else "no checkpoint was written yet"
-        raise NonFiniteLossError(
-            f"non-finite training loss at step {step} (loss={loss}, grad_norm={gnorm}); stopping. {where}. "
-            "Lower optim.lr, check the data, or raise sde.t_min."
-        )
+    state_ok = float(metrics["state_finite"]) == 1.0
+    if math.isfinite(loss) and math.isfinite(gnorm) and state_ok:
+        return
+    ckpt.wait()
+    last = ckpt.latest_step()
+    where = f"the last good checkpoint (step {last}) is intact" if last is not None else "no checkpoint was written yet"
+    if math.isfinite(loss) and math.isfinite(gnorm):
+        what = (f"the update of step {step} made the parameters, their EMA or the optimiser state non-finite "
+                f"(loss={loss} and grad_norm={gnorm} were finite)")
+    else:
+        what = f"non-finite training loss at step {step} (loss={loss}, grad_norm={gnorm})"
+    raise NonFiniteLossError(
+        f"{what}; stopping; the state after it was not saved. {where}. "
+        "Lower optim.lr, check the data, or raise sde.t_min."
+    )
 
 
 def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=print) -> RunResult:
-    """Run (or continue) training as configured; see the module docstring."""
+    """Run (or continue) training as configured; see the module docstring. ``cfg`` is checked by
+    :func:`training.configs.validate` first. Every step's loss, gradient norm and updated state are
+    checked finite before that state may be saved (:class:`NonFiniteLossError` otherwise)."""
+    validate(cfg)
     shd.maybe_initialize_distributed(cfg.distributed)
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
@@ -286,7 +303,7 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
     if B % n_dev:
         raise ValueError(f"train.batch_size={B} must be divisible by the number of devices ({n_dev}).")
 
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep, every=cfg.train.ckpt_every)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), write=True, keep=cfg.train.keep, every=cfg.train.ckpt_every)
     cfg_path = os.path.join(workdir, "config.json")
     latest = ckpt.latest_step()
     if latest is not None and not resume:
@@ -408,7 +425,7 @@ def load_state(cfg: Config, workdir: str | os.PathLike, step: int | None = None)
     """(state, static) from the checkpoint ``step`` (latest if None) of ``workdir``; the model is
     ``eqx.combine(state.params, static)`` (or ``state.ema``)."""
     state, static, _, _ = init_state(cfg, event_shape_of(cfg.data))  # reads no data
-    ckpt = Checkpointer(os.path.join(os.fspath(workdir), "checkpoints"), keep=cfg.train.keep, every=cfg.train.ckpt_every)
+    ckpt = Checkpointer(os.path.join(os.fspath(workdir), "checkpoints"))  # read-only: a live trainer may be writing
     try:
         return ckpt.restore(step, state), static
     finally:
