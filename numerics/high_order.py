@@ -148,7 +148,12 @@ def second_order_trace_residual(trace_jac, c: Float[Array, " D"], sigma) -> Floa
 
 def third_order_target(c: Float[Array, " D"], jac_hat: Float[Array, "D D"], sigma) -> Float[Array, " D"]:
     """Y = −‖c‖² c + (σ² tr ŝ_2 + D + 2) c + 2σ² ŝ_2 c (Lu et al. 2022 §4.2; THEORY.md §3.6)."""
-    return -jnp.sum(c**2) * c + (sigma**2 * jnp.trace(jac_hat) + c.size + 2) * c + 2 * sigma**2 * (jac_hat @ c)
+    return -jnp.sum(c**2) * c + _third_order_linear_part(c, jac_hat, sigma)
+
+
+def _third_order_linear_part(c: Float[Array, " D"], jac_hat: Float[Array, "D D"], sigma) -> Float[Array, " D"]:
+    """(σ² tr ŝ_2 + D + 2) c + 2σ² ŝ_2 c: the part of Y linear in c (so E[Y] takes it at E[c])."""
+    return (sigma**2 * jnp.trace(jac_hat) + c.shape[-1] + 2) * c + 2 * sigma**2 * (jac_hat @ c)
 
 
 def third_order_residual(
@@ -404,6 +409,5 @@ def s3_star(
     mean_c = w @ mu
     tr_cov = jnp.trace(cov, axis1=-2, axis2=-1)
     cubic = w @ ((jnp.sum(mu**2, -1) + tr_cov)[:, None] * mu + 2 * jnp.einsum("kij,kj->ki", cov, mu))
-    D = mu.shape[-1]
-    mean_y = -cubic + (sigma**2 * jnp.trace(jac_hat) + D + 2) * mean_c + 2 * sigma**2 * (jac_hat @ mean_c)
+    mean_y = -cubic + _third_order_linear_part(mean_c, jac_hat, sigma)  # E[Y]: third_order_target in expectation
     return mean_y / sigma**3
