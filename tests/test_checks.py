@@ -390,6 +390,8 @@ def test_report_main_small(tmp_path):
     failed = [r["name"] for r in data["results"] if not r["holds"]]
     assert rc == 0 and not failed, failed  # seed 0 at 256 paths: every check holds (as at the default 1024)
     names = {r["name"] for r in data["results"]}
+    md = (tmp_path / "report.md").read_text()  # what python -m paper_figures puts into REPORT.md
+    assert all(f"| {name} |" in md for name in names), sorted(n for n in names if f"| {n} |" not in md)
     assert {"ode_nll_exceeds_sde_bound", "lu_ode_kl_identity_mixture", "lu_sine_first_order_gap"} <= names
     demo = next(r for r in data["results"] if r["name"] == "ode_nll_exceeds_sde_bound")
     assert "demonstration" in demo["settings"] and demo["holds"] == (demo["gap"] > 3 * demo["stderr"])
