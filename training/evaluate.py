@@ -169,9 +169,6 @@ def eps_from_score(score_fn: Callable, sde: SDE) -> EpsModel:
     return EpsModel(_ScoreAsEps(score_fn, sde), sde, compute_dtype=F64)
 
 
-# --- input checks -----------------------------------------------------------------------------------
-
-
 # --- ODE likelihood ---------------------------------------------------------------------------------
 
 
