@@ -30,7 +30,7 @@ Numeric (:func:`affine_terms`): the t-integrals (J_SM, J_ODE, J_Fisher, J_gap, t
 functions) have no elementary antiderivative for a general schedule and perturbation, so the
 lambdified exact integrands and moment ODEs are integrated together, backward from T, by
 ``scipy.integrate.solve_ivp`` (DOP853, rtol 1e-13) — high-accuracy quadrature. Targets store them
-rounded to 12 significant digits (byte-reproducible across float64 platforms).
+rounded to 12 significant digits; a scipy release can move the 11th (1.17 did), so they are compared to 1e-8.
 
 The perturbation is that of :class:`numerics.checks.affine.AffineModel`: m̂_t = α_t (μ + dm φ(t)),
 v̂_t = v_t (1 + dv φ(t)), φ(t) = 4 (t/T)(1 − t/T); dv = 1/8 is THEORY §8 item 11's
