@@ -35,9 +35,6 @@ def test_eps_offset_bound_is_nearly_tight_for_gaussian_data():
     score = mix.score_fn(sde)
     diffusion = dsm_loss(score, sde, x0, k_d, weighting="g2_is")
     terms = eps_offset_bound(score, sde, x0, diffusion, jax.random.normal(k_0, x0.shape))
-    np.testing.assert_allclose(
-        terms.total, terms.prior + terms.diffusion - terms.constant + terms.decoder - terms.entropy, rtol=1e-12
-    )
     entropy = 0.5 * np.log(np.linalg.det(2 * np.pi * np.e * np.diag([0.16, 0.5])))
     mean, se = float(terms.total.mean()), float(terms.total.std() / np.sqrt(n))
     assert mean > entropy - 3 * se

@@ -320,6 +320,13 @@ def test_bad_inputs_name_the_argument_and_the_fix(mix, tmp_path, capsys):
     cases.append((["--workdir", mix["workdir"], "--step", "7"], ["--step 7", "available steps: [300]"]))
     cases.append((["--workdir", mix["workdir"], "--metrics", "ode,nll"], ["--metrics", "'nll'", "ode,bound,vlb"]))
     cases.append((["--workdir", mix["workdir"], "--tol", "0"], ["--tol"]))
+    # a hand-edited config.json is checked like a command-line config (training.configs.validate)
+    edited = _copy_run(mix["workdir"], tmp_path / "edited")
+    cfg_path = os.path.join(edited, "config.json")
+    bad = json.loads(open(cfg_path).read())
+    bad["sde"]["t_min"] = 2.0
+    open(cfg_path, "w").write(json.dumps(bad))
+    cases.append((["--workdir", edited], [cfg_path, "sde.t_min", "restore the file"]))
     for argv, needles in cases:
         capsys.readouterr()
         assert main(["eval"] + argv) == 2, argv

@@ -787,7 +787,10 @@ def evaluate_workdir(
             f"--batch-size {opts.batch_size} is not divisible by the {n_dev} devices of jax.devices(); "
             f"pass a multiple of {n_dev} (e.g. --batch-size {good})."
         )
-    cfg = config_from_dict(cfg_dict)
+    try:
+        cfg = config_from_dict(cfg_dict, source=os.path.join(workdir, "config.json"))
+    except ValueError as e:
+        raise EvalError(str(e)) from e
     test = load_test_set(cfg, limit=opts.limit, num_examples=opts.num_examples, data_seed=opts.data_seed,
                          data_dir=opts.data_dir, split=opts.split)
     if len(test) == 0:

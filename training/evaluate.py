@@ -357,11 +357,20 @@ def _build(tp, value):
     return value
 
 
-def config_from_dict(d: dict):
-    """A :class:`training.configs.Config` from its dict/JSON form (``config.json`` of a work directory)."""
-    from training.configs import Config
+def config_from_dict(d: typing.Any, *, source: str = "config.json"):
+    """A :class:`training.configs.Config` from its dict/JSON form (``config.json`` of a work directory),
+    checked by :func:`training.configs.validate` like a config given on the command line: a hand-edited
+    or damaged file raises a ``ValueError`` naming ``source``, the key and what it must be, instead of
+    loading a model under settings it was not trained with."""
+    from training.configs import Config, validate
 
-    return _build(Config, d)
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: expected a JSON object of config sections, got {type(d).__name__}; "
+                         "restore it from the training run.")
+    try:
+        return validate(_build(Config, d))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {e} (edit that key in {source}, or restore the file from the training run)") from e
 
 
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
@@ -425,7 +434,7 @@ def load_model(workdir: str | os.PathLike, step: int | None = None, *, ema: bool
     from training.train import load_state
 
     cfg_dict, step = locate_checkpoint(workdir, step)
-    cfg = config_from_dict(cfg_dict)
+    cfg = config_from_dict(cfg_dict, source=os.path.join(os.fspath(workdir), "config.json"))
     state, static = load_state(cfg, workdir, step)
     net = eqx.combine(state.ema if ema else state.params, static)
     sde = sde_of(net, cfg)  # a VDM run's learned schedule lives in the model

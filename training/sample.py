@@ -283,9 +283,9 @@ def _load(args):
     """(model, cfg, sde, step) of the work directory, with errors that name the argument."""
     from training import evaluate as ev
 
-    try:  # training.evaluate.locate_checkpoint's messages name --workdir / --step and the fix
+    try:  # locate_checkpoint's and config_from_dict's messages name --workdir / --step / the key and the fix
         return ev.load_model(args.workdir, args.step, ema=args.ema)
-    except ev.WorkdirError as e:
+    except (ev.WorkdirError, ValueError) as e:
         raise UsageError(str(e)) from e
 
 

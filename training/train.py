@@ -410,7 +410,7 @@ def _init_from(state: TrainState, cfg: Config, event_shape) -> TrainState:
     from training.evaluate import config_from_dict
 
     with open(path) as f:
-        src_cfg = config_from_dict(json.load(f))
+        src_cfg = config_from_dict(json.load(f), source=path)
     if config_to_dict(src_cfg)["model"] != config_to_dict(cfg)["model"] or src_cfg.sde.name != cfg.sde.name:
         raise ValueError(
             f"train.init_from={cfg.train.init_from!r}: its model/SDE ({src_cfg.model}, sde={src_cfg.sde.name}) differ from "
