@@ -91,6 +91,39 @@ def test_readers_leave_a_live_trainers_temporary_checkpoint_alone(tmp_path):
     assert ev.checkpoint_steps(tmp_path) == [1, 3]
 
 
+def test_a_reader_opens_without_orbax_read_only_notice_and_leaves_logging_as_it_was(tmp_path):
+    """orbax warns "Given directory is read only" when a read-only manager opens: for a reader that is
+    the intended mode. The filter that drops it is on the absl logger only while a reader opens, so
+    nothing else anyone logs is filtered (it used to be installed process-wide at import)."""
+    import logging
+
+    absl = logging.getLogger("absl")
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler, level = Keep(), absl.level
+    absl.addHandler(handler)
+    absl.setLevel(logging.INFO)
+    try:
+        w = Checkpointer(tmp_path, write=True, every=1)
+        w.save(1, {"a": jnp.ones(3)}, force=True)
+        w.close()
+        filters = list(absl.filters)
+        r = Checkpointer(tmp_path)
+        assert r.all_steps() == [1]
+        r.close()
+        assert absl.filters == filters
+        assert not [m for m in seen if "is read only" in m], seen
+        absl.warning("Given directory is read only=elsewhere (logged by someone else)")
+        assert seen[-1].startswith("Given directory is read only=elsewhere")
+    finally:
+        absl.removeHandler(handler)
+        absl.setLevel(level)
+
+
 def test_checkpoint_steps_while_a_run_saves(tmp_path):
     """The reviewer's failure: another process listing the checkpoints while a trainer saves removed
     the trainer's temporary folder (FileNotFoundError at its first checkpoint). A run with a

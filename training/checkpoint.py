@@ -14,6 +14,7 @@ its start-up removes the temporary folders a killed run left behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -24,14 +25,22 @@ __all__ = ["Checkpointer"]
 
 
 class _DropReadOnlyNotice(logging.Filter):
-    """orbax logs a warning ("Given directory is read only") each time a read-only manager opens;
-    for a reader that is the intended mode, not something to warn about."""
+    """orbax logs a warning ("Given directory is read only") when a read-only manager opens; for a
+    reader that is the intended mode, not something to warn about. Installed on the ``absl`` logger
+    only while a reader opens (:func:`_quiet_read_only_notice`), so no other message is touched."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "is read only" not in record.getMessage()
 
 
-logging.getLogger("absl").addFilter(_DropReadOnlyNotice())
+@contextlib.contextmanager
+def _quiet_read_only_notice():
+    logger, notice = logging.getLogger("absl"), _DropReadOnlyNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 class Checkpointer:
@@ -53,7 +62,8 @@ class Checkpointer:
             options = ocp.CheckpointManagerOptions(
                 read_only=True, create=False, cleanup_tmp_directories=False, save_interval_steps=0, max_to_keep=None
             )
-        self._mngr = ocp.CheckpointManager(self.directory, options=options)
+        with contextlib.nullcontext() if self.writable else _quiet_read_only_notice():
+            self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
     @staticmethod
     def _flatten(state) -> dict:
