@@ -302,11 +302,14 @@ def build_case(spec: CaseSpec, *, seed: int = 0) -> Case:
     # one compiled initialisation instead of dozens of eagerly dispatched (and compiled) random draws,
     # compiled without XLA's backend optimisations: it runs once, and they took 12 of its 13 s of
     # compilation (the weights differ from an optimised build's in the last bit only)
-    shapes = eqx.filter_eval_shape(build_model, spec.model_config(), event, k_net)
-    static = eqx.partition(shapes, lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct))[1]
-    init = jax.jit(lambda k: eqx.partition(build_model(spec.model_config(), event, k), eqx.is_array)[0])
-    params = init.lower(k_net).compile(compiler_options={"xla_backend_optimization_level": 0})(k_net)
-    net = eqx.combine(params, static)
+    static = {}  # the non-array part, kept from the one trace of build_model
+
+    def init(k):
+        params, static["net"] = eqx.partition(build_model(spec.model_config(), event, k), eqx.is_array)
+        return params
+
+    params = jax.jit(init).lower(k_net).compile(compiler_options={"xla_backend_optimization_level": 0})(k_net)
+    net = eqx.combine(params, static["net"])
     net, redrawn = perturb_zero_init(net, seed + 1, x)
     return Case(spec, EpsModel(net, sde), sde, x, count_params(net), redrawn)
 
