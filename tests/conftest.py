@@ -85,3 +85,36 @@ def load_benchmark():
         return module
 
     return load
+
+
+def _fake_workdir(path, cfg_name: str, overrides, event_shape, scale: float = 0.05):
+    """A training work directory as train() writes it (config.json + an orbax checkpoint at step 5),
+    with perturbed EMA parameters so that the (zero-output at init) network's ε̂ is not identically 0.
+    No training step is compiled."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from training.checkpoint import Checkpointer
+    from training.configs import config_to_json, get_config
+    from training.train import init_state
+
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = get_config(cfg_name, [*overrides, "train.progress=false"])
+    state, _, _, _ = init_state(cfg, event_shape)
+    leaves, tdef = jax.tree.flatten(state.ema)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    ema = jax.tree.unflatten(tdef, [leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype)
+                                    for leaf, k in zip(leaves, keys)])
+    state = eqx.tree_at(lambda s: (s.step, s.ema), state, (jnp.asarray(5, jnp.int32), ema))
+    ck = Checkpointer(path / "checkpoints", write=True, every=5)
+    ck.save(5, state, force=True)
+    ck.close()
+    (path / "config.json").write_text(config_to_json(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_workdir():
+    """``fake_workdir(path, cfg_name, overrides, event_shape)``: a training work directory as train()
+    leaves it, without training (shared by the dequantiser and fine-tuning tests)."""
+    return _fake_workdir

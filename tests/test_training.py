@@ -6,8 +6,11 @@ tests/test_training_subprocess.py.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import pickle
+import shutil
 import tarfile
 
 import equinox as eqx
@@ -159,8 +162,143 @@ def test_existing_checkpoints_need_resume(mixture_run):
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, workdir)
     changed = apply_overrides(cfg, ["optim.lr=1e-3"])
-    with pytest.raises(ValueError, match="config differs"):
+    with pytest.raises(ValueError, match=r"config differs.*: optim\.lr: saved 0\.002, given 0\.001\. Only "):
         train(changed, workdir, resume=True)
+
+
+# --- resume: config.json and metrics.jsonl ---------------------------------------------------------------
+
+TINY = ["model.width=16", "model.depth=1", "train.batch_size=8", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """15 steps of a tiny MLP: a metrics record at step 10, the one checkpoint at step 15 (a few seconds)."""
+    cfg = get_config("mixture2d", TINY + ["train.num_steps=15", "train.log_every=10", "train.ckpt_every=15"])
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    train(cfg, workdir, log=lambda *a: None)
+    return cfg, workdir
+
+
+def _copy_run(tiny_run, dst):
+    shutil.copytree(tiny_run[1], dst)
+    return dst
+
+
+def test_resume_names_each_changed_field_and_exactly_the_fields_that_may_change(tiny_run):
+    """Every field in which a resumed config differs is named with both values; the fields the message
+    says may change are exactly those a resume accepts changed (all others are refused)."""
+    from training.train import _check_resume_config
+
+    cfg, workdir = tiny_run
+    changed = apply_overrides(cfg, ["optim.lr=0.5", "loss.weighting=sigma2", "train.num_steps=20"])
+    with pytest.raises(ValueError, match="config differs") as err:
+        train(changed, workdir, resume=True)
+    msg = str(err.value)
+    assert 'loss.weighting: saved "g2_is", given "sigma2"; optim.lr: saved 0.002, given 0.5.' in msg
+    assert "num_steps: saved" not in msg
+    may_change = msg.split(" Only ")[1].split(" may change")[0].split(", ")
+    assert set(may_change) == {"name", "distributed.*", "train.num_steps", "train.log_every", "train.ckpt_every",
+                               "train.keep", "train.progress", "train.init_from", "data.data_dir"}
+
+    def check(c):
+        _check_resume_config(c, str(workdir / "config.json"), 15, str(workdir / "checkpoints"))
+
+    free = {"name": lambda c: dataclasses.replace(c, name="renamed"),
+            "distributed.*": lambda c: apply_overrides(c, ["distributed.enabled=true", "distributed.num_processes=2",
+                                                           "distributed.process_id=1"])}
+    for key in may_change:
+        check(free[key](cfg) if key in free else apply_overrides(cfg, [f"{key}={'true' if key == 'train.progress' else 7}"]))
+    for key, value in (("train.seed", "3"), ("train.batch_size", "16"), ("model.width", "17"), ("data.mixture", "lu_mog_1d"),
+                       ("sde.beta_max", "19"), ("optim.ema_rate", "0.9")):
+        with pytest.raises(ValueError, match=rf"{key.replace('.', r'[.]')}: saved "):
+            check(apply_overrides(cfg, [f"{key}={value}"]))
+
+
+def test_resume_needs_the_runs_config_json_and_rewrites_it_atomically(tiny_run, tmp_path, monkeypatch):
+    """A work directory with checkpoints but without a readable config.json is not resumed (its config
+    could not be checked); the error names the file and the fix. A failed rewrite of config.json (here
+    a full disk at its fsync) leaves the previous file."""
+    cfg, _ = tiny_run
+    workdir = _copy_run(tiny_run, tmp_path / "run")
+    cfg_path = workdir / "config.json"
+    original = cfg_path.read_text()
+    cfg_path.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"latest step 15\) but {cfg_path} is missing.*restore it"):
+        train(cfg, workdir, resume=True)
+    for damaged in ("", original[: len(original) // 2]):
+        cfg_path.write_text(damaged)
+        with pytest.raises(ValueError, match=rf"{cfg_path} cannot be read as JSON.*restore it from a copy"):
+            train(cfg, workdir, resume=True)
+    cfg_path.write_text(original)
+    changed = apply_overrides(cfg, ["train.log_every=5"])
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", disk_full)
+        with pytest.raises(OSError, match="No space left") as err:
+            train(changed, workdir, resume=True, log=lambda *a: None)
+    assert any(entry.name == "write_atomic" for entry in err.traceback)  # failed while writing config.json
+    assert cfg_path.read_text() == original
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl"]  # no temporary file left
+    train(changed, workdir, resume=True, log=lambda *a: None)
+    assert json.loads(cfg_path.read_text())["train"]["log_every"] == 5
+
+
+def test_resume_drops_a_cut_off_metrics_line_and_records_the_loss_window(tiny_run, tmp_path):
+    """metrics.jsonl after a run killed past its last checkpoint (a record of step 30 the checkpoint at
+    15 does not cover) and then by a full disk mid-line: the resume drops both and goes on; each
+    record says how many steps its loss_window_mean averages (the run's end at 15 logged 11-15; after
+    the resume from step 15, 16-20)."""
+    cfg, _ = tiny_run
+    workdir = _copy_run(tiny_run, tmp_path / "run")
+    metrics = workdir / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 30, "loss": 1.0}\n{"step": 50, "loss": 1.2')
+    train(apply_overrides(cfg, ["train.num_steps=20"]), workdir, resume=True, log=lambda *a: None)
+    from training.metrics import read_metrics
+
+    recs = read_metrics(metrics)
+    assert [(r["step"], r["loss_window_n"]) for r in recs] == [(10, 10), (15, 5), (20, 5)]
+    assert metrics.read_text().endswith("}\n")
+
+
+def test_metrics_reader_drops_only_a_cut_off_last_line(tmp_path):
+    from training.metrics import MetricsWriter, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "loss": 1.5}\n{"step": 20, "loss": 1.4}\n{"step": 30, "loss": 1.2')
+    assert [r["step"] for r in read_metrics(path)] == [10, 20]
+    MetricsWriter(path).write({"step": 30, "loss": 1.1})
+    assert read_metrics(path) == [{"step": 10, "loss": 1.5}, {"step": 20, "loss": 1.4}, {"step": 30, "loss": 1.1}]
+    path.write_text('{"step": 10, "loss": 1.5}\n{"step": 20, "lo\n{"step": 30, "loss": 1.2}\n')
+    for read in (lambda: read_metrics(path), lambda: MetricsWriter(path, truncate_after=10)):
+        with pytest.raises(ValueError, match=rf"{path}, line 2: not a JSON record .*delete that line"):
+            read()
+
+
+def test_metrics_writer_rewrites_atomically_and_only_records_past_the_resume(tmp_path, monkeypatch):
+    from training.metrics import MetricsWriter, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    text = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (10, 20, 30))
+    path.write_text(text)
+    inode = os.stat(path).st_ino
+    MetricsWriter(path, truncate_after=30)
+    assert os.stat(path).st_ino == inode and path.read_text() == text  # nothing past step 30: left alone
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            MetricsWriter(path, truncate_after=15)
+    assert path.read_text() == text and os.listdir(tmp_path) == ["metrics.jsonl"]
+    MetricsWriter(path, truncate_after=15)
+    assert [r["step"] for r in read_metrics(path)] == [10]
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -236,6 +374,27 @@ def test_cifar10_reader_errors(tmp_path):
             pickle.dump({b"data": os.system}, f)
     with pytest.raises(ValueError, match="refusing to unpickle"):
         tdata.load_cifar10(evil.parent)
+
+
+def test_cut_off_cifar10_archive_is_a_clear_error(tmp_path, capsys):
+    """An archive cut in half (a download that stopped) still passes tarfile.is_tarfile; reading it
+    must fail with a ValueError naming it and the fix, also through the training command line."""
+    from training.__main__ import main
+
+    _write_cifar(tmp_path)
+    shutil.rmtree(tmp_path / "cifar-10-batches-py")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    assert tarfile.is_tarfile(archive)
+    message = rf"archive '{archive}' \(--data-dir\) is damaged or incomplete \(EOFError: .*\); re-download"
+    for split in ("train", "test"):
+        with pytest.raises(ValueError, match=message):
+            tdata.load_cifar10(tmp_path, split)
+    rc = main(["train", "--config", "cifar10_vp_ddpmpp_g2_is", "--workdir", str(tmp_path / "w"), "--data-dir", str(archive),
+               "train.progress=false"])
+    assert rc == 2
+    assert "re-download cifar-10-python.tar.gz" in capsys.readouterr().err
 
 
 def test_cifar_config_without_data_dir_is_a_clear_error(tmp_path):

@@ -217,34 +217,12 @@ def test_variational_bound_beats_uniform_on_heldout_digits(tmp_path):
 # --- 3. command line: train, save, resume, load -----------------------------------------------------
 
 
-def _fake_workdir(path, cfg_name: str, overrides, event_shape, scale: float = 0.05):
-    """A training work directory as train() writes it (config.json + an orbax checkpoint), with
-    perturbed EMA parameters so that the (zero-output at init) network's ε̂ is not identically 0."""
-    from training.checkpoint import Checkpointer
-    from training.configs import config_to_dict, get_config
-    from training.train import init_state
-
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = get_config(cfg_name, [*overrides, "train.progress=false"])
-    state, _, _, _ = init_state(cfg, event_shape)
-    leaves, tdef = jax.tree.flatten(state.ema)
-    keys = jax.random.split(jax.random.key(7), len(leaves))
-    ema = jax.tree.unflatten(tdef, [leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype)
-                                    for leaf, k in zip(leaves, keys)])
-    state = eqx.tree_at(lambda s: (s.step, s.ema), state, (jnp.asarray(5, jnp.int32), ema))
-    ck = Checkpointer(path / "checkpoints", write=True, every=5)
-    ck.save(5, state, force=True)
-    ck.close()
-    (path / "config.json").write_text(json.dumps(config_to_dict(cfg)))
-    return path
-
-
 _DIGITS_TINY = ["model.nf=4", "model.ch_mult=1", "model.num_res_blocks=1", "model.attn_resolutions=", "model.dropout=0"]
 
 
 @pytest.fixture(scope="module")
-def digits_workdir(tmp_path_factory):
-    return _fake_workdir(tmp_path_factory.mktemp("deq_digits"), "digits", _DIGITS_TINY, (1, 8, 8))
+def digits_workdir(tmp_path_factory, fake_workdir):
+    return fake_workdir(tmp_path_factory.mktemp("deq_digits"), "digits", _DIGITS_TINY, (1, 8, 8))
 
 
 def test_cli_trains_saves_resumes_and_loads(digits_workdir, tmp_path, capsys):

@@ -23,7 +23,7 @@ import pytest
 from numerics import vdm
 from numerics.high_order import score_and_jacobian
 from training import evaluate as ev
-from training.configs import get_config
+from training.configs import apply_overrides, get_config
 from training.data import get_mixture
 from training.train import build_sde, train
 
@@ -199,6 +199,85 @@ def test_init_from_starts_at_the_source_ema(lu_runs, tmp_path):
     new_state, _ = load_state(cfg, tmp_path / "zero")
     for a, b in zip(jax.tree.leaves(src_state.ema), jax.tree.leaves(new_state.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+TINY = ["model.width=16", "model.depth=1", "train.batch_size=8", "train.num_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sources(tmp_path_factory, fake_workdir):
+    """Work directories to fine-tune from as train() leaves them (config.json and a checkpoint of
+    perturbed parameters; conftest's fake_workdir, no training steps to compile): a tiny
+    MLP with VP on the 2-D mixture, and with VDM whose learned schedule has a single hidden unit."""
+    base = tmp_path_factory.mktemp("tiny_sources")
+    vdm_tiny = TINY + ["sde.schedule_features=1"]
+    vp_dir = fake_workdir(base / "vp", "mixture2d", TINY, (2,))
+    vdm_dir = fake_workdir(base / "vdm", "mixture2d_vdm", vdm_tiny, (2,))
+    return get_config("mixture2d", QUIET + TINY), get_config("mixture2d_vdm", QUIET + vdm_tiny), vp_dir, vdm_dir
+
+
+def _fine_tune(cfg, src, dst, *overrides):
+    train(apply_overrides(cfg, [f"train.init_from={src}", *overrides]), dst, log=lambda *a: None)
+
+
+def test_init_from_names_each_difference_of_the_network(tiny_sources, tmp_path):
+    """A source with another network is refused before anything is copied, naming train.init_from and
+    each difference (saved vs given): VDM's schedule settings (its parameters are part of the model),
+    the shape of the examples, the model section."""
+    vp, vdm_cfg, vp_dir, vdm_dir = tiny_sources
+    head = r"train\.init_from='[^']+': fine-tuning needs the same network, .* differ in "
+    with pytest.raises(ValueError, match=head + r"sde\.schedule_features: saved 1, given 8\.$"):
+        _fine_tune(vdm_cfg, vdm_dir, tmp_path / "a", "sde.schedule_features=8")
+    with pytest.raises(ValueError, match=head + r"example shape \(data\.\*\): saved \(2,\), given \(1,\)\.$"):
+        _fine_tune(vp, vp_dir, tmp_path / "b", "data.mixture=lu_mog_1d")
+    with pytest.raises(ValueError, match=head + r"model\.depth: saved 1, given 2; model\.width: saved 16, given 32\.$"):
+        _fine_tune(vp, vp_dir, tmp_path / "c", "model.width=32", "model.depth=2")
+
+
+@pytest.mark.parametrize("change", ["shape_and_dtype", "structure"])
+def test_init_from_checks_the_parameters_it_copies(tiny_sources, tmp_path, monkeypatch, change):
+    """Behind the config checks, the source's parameters must have this run's tree structure, shapes and
+    dtypes (here a checkpoint altered after loading); each differing array is named."""
+    from training import train as tt
+
+    vp, _, vp_dir, _ = tiny_sources
+    real = tt.load_state
+
+    def altered(cfg, workdir, step=None):
+        state, static = real(cfg, workdir, step)
+        leaves, treedef = jax.tree.flatten(state.ema)
+        if change == "structure":
+            ema = {"w": leaves[0]}
+        else:
+            leaves[0] = jnp.zeros((*leaves[0].shape[:-1], leaves[0].shape[-1] + 1), leaves[0].dtype)
+            leaves[1] = leaves[1].astype(jnp.float16)
+            ema = jax.tree.unflatten(treedef, leaves)
+        return tt.TrainState(state.step, state.params, ema, state.opt_state), static
+
+    monkeypatch.setattr(tt, "load_state", altered)
+    message = (r"another tree structure \(1 arrays saved, \d+ given\)" if change == "structure" else
+               r"differ in shape or dtype: params\S+: saved float32\[\d+(, \d+)*\], given float32\[\d+(, \d+)*\]; "
+               r"params\S+: saved float16\[\d+(, \d+)*\], given float32\[\d+(, \d+)*\]\.$")
+    with pytest.raises(ValueError, match=r"train\.init_from='[^']+': fine-tuning needs the same network, .*" + message):
+        _fine_tune(vp, vp_dir, tmp_path / "dst")
+
+
+def test_init_from_copies_a_vdm_schedule(tiny_sources):
+    """With the same network the copy goes through: parameters and EMA of the new run are the source's
+    EMA, the learned schedule's parameters included; the optimiser state stays fresh."""
+    from training.train import _init_from, init_state, load_state
+
+    _, vdm_cfg, _, vdm_dir = tiny_sources
+    cfg = apply_overrides(vdm_cfg, [f"train.init_from={vdm_dir}"])
+    fresh = init_state(cfg, (2,))[0]
+    new = _init_from(fresh, cfg, (2,))
+    src, _ = load_state(vdm_cfg, vdm_dir)
+    assert int(new.step) == 0 and new.opt_state is fresh.opt_state
+    assert len(jax.tree.leaves(new.params.sde)) > 0  # the learned schedule
+    for s, p, e, f in zip(*map(jax.tree.leaves, (src.ema, new.params, new.ema, fresh.params)), strict=True):
+        np.testing.assert_array_equal(np.asarray(p), np.asarray(s))
+        np.testing.assert_array_equal(np.asarray(e), np.asarray(s))
+        assert not np.array_equal(np.asarray(p), np.asarray(f))  # the source's (perturbed) values, not a fresh init
 
 
 # --- image presets: one gradient step of each objective at reduced size ------------------------------

@@ -17,6 +17,7 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 
@@ -97,7 +98,8 @@ def _parse_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         d = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"CIFAR-10 batch {name!r} is not a valid python-version pickle: {e}") from e
+        raise ValueError(f"CIFAR-10 batch {name!r} is not a valid python-version pickle: {e} (a damaged or cut-off "
+                         "file: re-download or re-extract cifar-10-python.tar.gz)") from e
     if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
         raise ValueError(f"CIFAR-10 batch {name!r} lacks the b'data'/b'labels' entries of the official format.")
     data = np.asarray(d[b"data"])
@@ -138,18 +140,35 @@ def load_cifar10(path: str | os.PathLike, split: str = "train") -> ImageDataset:
                 with open(os.path.join(cand, n), "rb") as f:
                     parts.append(_parse_batch(f.read(), n))
             return _concat(parts)
-        if os.path.isfile(cand) and tarfile.is_tarfile(cand):
-            with tarfile.open(cand, "r:*") as tar:
-                members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
-                missing = [n for n in names if n not in members]
-                if missing:
-                    raise ValueError(f"archive {cand!r} lacks the CIFAR-10 {split} batches {missing}.")
-                parts = [_parse_batch(tar.extractfile(members[n]).read(), n) for n in names]
-            return _concat(parts)
+        if os.path.isfile(cand):
+            parts = _tar_batches(cand, names, split)
+            if parts is not None:
+                return _concat(parts)
     raise FileNotFoundError(
         f"no CIFAR-10 {split} batches ({', '.join(names)}) found at {path!r}; expected the official "
         "'cifar-10-python.tar.gz' or its extracted 'cifar-10-batches-py' folder."
     )
+
+
+def _tar_batches(path: str, names: list[str], split: str) -> list | None:
+    """The batches ``names`` of the tar archive ``path`` (None if it is not a tar archive). A damaged
+    or cut-off archive (a download or copy that stopped early) raises a ValueError saying so, in place
+    of the decompressor's EOFError / zlib / tarfile error."""
+    try:
+        if not tarfile.is_tarfile(path):
+            return None
+        with tarfile.open(path, "r:*") as tar:
+            members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+            missing = [n for n in names if n not in members]
+            if missing:
+                raise ValueError(f"archive {path!r} lacks the CIFAR-10 {split} batches {missing}.")
+            return [_parse_batch(tar.extractfile(members[n]).read(), n) for n in names]
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise ValueError(
+            f"CIFAR-10 archive {path!r} (--data-dir) is damaged or incomplete ({type(e).__name__}: {e}); re-download "
+            "cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html), or extract a good copy and pass "
+            "its cifar-10-batches-py folder via --data-dir."
+        ) from e
 
 
 def _concat(parts) -> ImageDataset:

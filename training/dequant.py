@@ -72,6 +72,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, UInt8
 import numerics
 from numerics.likelihood import bits_per_dim
 from training.data import check_images, dequantize_with
+from training.fileio import write_atomic
 from training.metrics import all_finite
 
 __all__ = [
@@ -834,9 +835,6 @@ def run(args) -> int:
             "uniform_bpd": cmp.uniform.mean, "uniform_se": cmp.uniform.se,
             "difference_bpd": cmp.difference.mean, "difference_se": cmp.difference.se,
         }
-        tmp = os.path.join(path, "config.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(saved_cfg, f, indent=2, sort_keys=True)
-        os.replace(tmp, os.path.join(path, "config.json"))
+        write_atomic(os.path.join(path, "config.json"), json.dumps(saved_cfg, indent=2, sort_keys=True))
     print(f"saved to {_dir(workdir)}")
     return 0

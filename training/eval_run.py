@@ -89,6 +89,8 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float, Shaped
 
+from training.fileio import drop_partial_last_line, fsync_dir, write_atomic
+
 __all__ = [
     "METRICS",
     "SCHEMA",
@@ -344,20 +346,10 @@ class BatchFile:
     def __init__(self, path: str, header: dict):
         self.path = path
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._truncate_partial_line()
+        drop_partial_last_line(path)
         if not os.path.exists(path) or os.path.getsize(path) == 0:
             self._append({"header": header})
-            _fsync_dir(os.path.dirname(path))
-
-    def _truncate_partial_line(self) -> None:
-        if not os.path.exists(self.path):
-            return
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
-                f.flush()
-                os.fsync(f.fileno())
+            fsync_dir(os.path.dirname(path))
 
     def records(self) -> dict[int, dict]:
         out: dict[int, dict] = {}
@@ -385,19 +377,6 @@ class BatchFile:
 
     def append(self, rec: dict) -> None:
         self._append(rec)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- the per-batch computations ----------------------------------------------------------------------
@@ -865,12 +844,7 @@ def evaluate_workdir(
     path = os.path.abspath(out) if out else summary_path(workdir, step, deq_label.split("-")[0], ema)
     summary["summary_path"] = path
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2, allow_nan=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(summary, indent=2, allow_nan=True))
     return summary
 
 

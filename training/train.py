@@ -34,8 +34,9 @@ from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 import numerics
 from training import sharding as shd
 from training.checkpoint import Checkpointer
-from training.configs import Config, config_to_dict, validate
+from training.configs import Config, config_to_dict, config_to_json, validate
 from training.data import event_shape_of, make_stream
+from training.fileio import write_atomic
 from training.metrics import MetricsWriter, all_finite
 from training.networks import DDPMpp, FlatMLPScoreNet, MLPScoreNet
 from training.objectives import ScheduledNet, make_objective, uses_discrete_data
@@ -233,16 +234,72 @@ class RunResult:
     last_metrics: dict | None = None
 
 
+# Config fields a resume may change (``section.*``: the whole section); every other field is the
+# run's identity, checked against the saved config.json by :func:`_check_resume_config`.
+_RESUME_MAY_CHANGE = ("name", "distributed.*", "train.num_steps", "train.log_every", "train.ckpt_every", "train.keep",
+                      "train.progress", "train.init_from", "data.data_dir")  # init_from: only a run's start reads it
+
+
 def _config_identity(d: dict) -> dict:
     """The parts of a config dict that must not change across a resume (JSON-normalised)."""
     d = json.loads(json.dumps(d))
-    d.pop("name", None)
-    d.pop("distributed", None)
-    for k in ("num_steps", "log_every", "ckpt_every", "keep", "progress"):
-        d["train"].pop(k, None)
-    d["data"].pop("data_dir", None)
-    d["train"].pop("init_from", None)  # only the start of a run reads it; a resume restores its checkpoint
+    for key in _RESUME_MAY_CHANGE:
+        section, _, field = key.partition(".")
+        if not field or field == "*":
+            d.pop(section, None)
+        else:
+            d.get(section, {}).pop(field, None)
     return d
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """``{"section.field": value}`` of a nested config dict."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _differences(saved: dict, given: dict) -> list[str]:
+    """``"section.field: saved X, given Y"`` for each field in which two config dicts differ."""
+    a, b = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(given)))
+    missing = "(absent)"
+    return [f"{k}: saved {json.dumps(a.get(k, missing))}, given {json.dumps(b.get(k, missing))}"
+            for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)]
+
+
+def _read_run_config(path: str, *, fix: str) -> Config:
+    """The config saved in ``path`` (a work directory's config.json), checked by
+    training.evaluate.config_from_dict; a file that is not valid JSON raises a ValueError naming it and
+    ending with ``fix``."""
+    from training.evaluate import config_from_dict
+
+    try:
+        with open(path, "rb") as f:
+            d = json.load(f)
+    except (ValueError, OSError) as e:  # JSONDecodeError (an empty or cut-off file), UnicodeDecodeError, no access
+        raise ValueError(f"{path} cannot be read as JSON ({type(e).__name__}: {e}); {fix}") from e
+    return config_from_dict(d, source=path)
+
+
+def _check_resume_config(cfg: Config, cfg_path: str, latest: int, ckpt_dir: str) -> None:
+    """A resume continues the run its checkpoints belong to: the saved config.json must exist, be
+    readable and agree with ``cfg`` in every field outside :data:`_RESUME_MAY_CHANGE`."""
+    fix = (f"restore it from a copy of the run (it records the config of the checkpoints in {ckpt_dir}), "
+           "or start afresh in a new --workdir.")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"--resume: {ckpt_dir} holds checkpoints (latest step {latest}) but {cfg_path} is "
+                                f"missing, so this config cannot be checked against the run's; {fix}")
+    saved = config_to_dict(_read_run_config(cfg_path, fix=fix))
+    diffs = _differences(_config_identity(saved), _config_identity(config_to_dict(cfg)))
+    if diffs:
+        raise ValueError(
+            f"--resume: the config differs from the one in {cfg_path} in fields that change the run: {'; '.join(diffs)}. "
+            f"Only {', '.join(_RESUME_MAY_CHANGE)} may change; give the saved values, or start afresh in a new --workdir."
+        )
 
 
 class _SigtermFlag:
@@ -310,14 +367,8 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
         raise FileExistsError(
             f"{workdir} already holds checkpoints (latest step {latest}); pass --resume to continue, or use a new --workdir."
         )
-    if latest is not None and os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            saved = json.load(f)
-        if _config_identity(saved) != _config_identity(config_to_dict(cfg)):
-            raise ValueError(
-                f"--resume: the config differs from the one in {cfg_path} in fields that change the run "
-                "(only train.num_steps, log_every, ckpt_every, keep, progress and data.data_dir may change)."
-            )
+    if latest is not None:
+        _check_resume_config(cfg, cfg_path, latest, ckpt.directory)
 
     stream = make_stream(cfg.data, B, cfg.train.seed, jax.process_index(), jax.process_count())
     state, static, tx, schedule = init_state(cfg, tuple(stream.event_shape))
@@ -332,9 +383,8 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
         state = _init_from(state, cfg, event_shape=tuple(stream.event_shape))
         if is_main:
             log(f"initialised the parameters from {cfg.train.init_from} (its latest checkpoint's EMA)")
-    if is_main:
-        with open(cfg_path, "w") as f:
-            json.dump(config_to_dict(cfg), f, indent=2, sort_keys=True)
+    if is_main:  # atomically: a kill while it is written must not leave the checkpoints without their config
+        write_atomic(cfg_path, config_to_json(cfg))
 
     start = int(state.step)
     writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main, truncate_after=start)
@@ -374,8 +424,9 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
                 now = time.perf_counter()
                 dt = (now - t_window) / max(n_window, 1)
                 rec = {"step": done, **{k: float(v) for k, v in metrics.items()}}
-                rec.update(loss_window_mean=loss_sum / max(n_window, 1), step_time_s=dt, images_per_s=B / dt,
-                           wall_time=time.time())
+                # the window: the steps since the previous record, or since the checkpoint a resume started from
+                rec.update(loss_window_mean=loss_sum / max(n_window, 1), loss_window_n=n_window, step_time_s=dt,
+                           images_per_s=B / dt, wall_time=time.time())
                 writer.write(rec)
                 if pbar is not None:
                     pbar.set_postfix(loss=f"{rec['loss_window_mean']:.4g}", lr=f"{rec['lr']:.2e}")
@@ -402,22 +453,42 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
 def _init_from(state: TrainState, cfg: Config, event_shape) -> TrainState:
     """Fine-tuning: parameters and EMA of a new run from the EMA parameters of the latest checkpoint
     of ``cfg.train.init_from`` (another training work directory with the same network); the step
-    and the optimiser state stay fresh (Lu et al. 2022 fine-tune first-order models this way)."""
+    and the optimiser state stay fresh (Lu et al. 2022 fine-tune first-order models this way).
+
+    The same network means: the same ``model`` section, the same SDE (for ``vdm``, whose learned
+    schedule is part of the parameters, the whole ``sde`` section), the same example shape, and
+    then source parameters of the same tree structure, shapes and dtypes as this run's; anything
+    else raises a ValueError naming ``train.init_from`` and each difference (saved vs given)."""
+    name = f"train.init_from={cfg.train.init_from!r}"
     src = os.path.abspath(os.fspath(cfg.train.init_from))
     path = os.path.join(src, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"train.init_from={cfg.train.init_from!r}: no config.json there; give a training work directory.")
-    from training.evaluate import config_from_dict
+        raise FileNotFoundError(f"{name}: no config.json there; give a training work directory.")
+    src_cfg = _read_run_config(path, fix="restore it, or give another training work directory as train.init_from.")
 
-    with open(path) as f:
-        src_cfg = config_from_dict(json.load(f), source=path)
-    if config_to_dict(src_cfg)["model"] != config_to_dict(cfg)["model"] or src_cfg.sde.name != cfg.sde.name:
-        raise ValueError(
-            f"train.init_from={cfg.train.init_from!r}: its model/SDE ({src_cfg.model}, sde={src_cfg.sde.name}) differ from "
-            f"this run's ({cfg.model}, sde={cfg.sde.name}); fine-tuning needs the same network."
-        )
+    def network(c: Config) -> dict:
+        d = config_to_dict(c)
+        return {"model": d["model"], "sde": d["sde"] if "vdm" in (cfg.sde.name, src_cfg.sde.name) else {"name": c.sde.name}}
+
+    diffs = _differences(network(src_cfg), network(cfg))
+    src_shape, shape = tuple(event_shape_of(src_cfg.data)), tuple(int(n) for n in event_shape)
+    if src_shape != shape:
+        diffs.append(f"example shape (data.*): saved {src_shape}, given {shape}")
+    if diffs:
+        raise ValueError(f"{name}: fine-tuning needs the same network, but the source run's config (saved, {path}) "
+                         f"and this run's (given) differ in {'; '.join(diffs)}.")
     src_state, _ = load_state(src_cfg, src)
-    ema = jax.tree.map(lambda a, like: jax.device_put(a.astype(like.dtype), like.sharding), src_state.ema, state.params)
+    if jax.tree.structure(src_state.ema) != jax.tree.structure(state.params):
+        raise ValueError(f"{name}: fine-tuning needs the same network, but the source's parameters have another tree "
+                         f"structure ({len(jax.tree.leaves(src_state.ema))} arrays saved, "
+                         f"{len(jax.tree.leaves(state.params))} given).")
+    leaves = jax.tree_util.tree_leaves_with_path(src_state.ema)
+    diffs = [f"params{jax.tree_util.keystr(p)}: saved {a.dtype}{list(a.shape)}, given {b.dtype}{list(b.shape)}"
+             for (p, a), b in zip(leaves, jax.tree.leaves(state.params)) if (a.shape, a.dtype) != (b.shape, b.dtype)]
+    if diffs:
+        raise ValueError(f"{name}: fine-tuning needs the same network, but the source's parameters differ in shape "
+                         f"or dtype: {'; '.join(diffs)}.")
+    ema = jax.tree.map(lambda a, like: jax.device_put(a, like.sharding), src_state.ema, state.params)
     return TrainState(step=state.step, params=ema, ema=jax.tree.map(jnp.copy, ema), opt_state=state.opt_state)
 
 
