@@ -26,25 +26,68 @@ bf16 in training).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from numerics.sde import SDE
 
-__all__ = ["WEIGHTINGS", "perturb", "sample_time", "time_weight", "dsm_loss", "dsm_loss_terms"]
+__all__ = ["PARAMETERISATIONS", "WEIGHTINGS", "perturb", "sample_time", "time_weight", "dsm_loss", "dsm_loss_terms"]
 
 Weighting = Literal["sigma2", "g2", "g2_is"]
 Parameterisation = Literal["score", "eps"]
 WEIGHTINGS: tuple[str, ...] = ("sigma2", "g2", "g2_is")
+PARAMETERISATIONS: tuple[str, ...] = ("score", "eps")
 
 
 def _check_weighting(weighting: str) -> None:
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}.")
+
+
+def _check_parameterisation(parameterisation: str) -> None:
+    if parameterisation not in PARAMETERISATIONS:
+        raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}; got {parameterisation!r}.")
+
+
+@eqx.filter_jit
+def _finite_normaliser(sde: SDE, t0: Array) -> Array:
+    """Whether Z = log SNR(t0) − log SNR(T) (``sde.importance_normaliser``) is finite; t0 traced: no recompile."""
+    return jnp.isfinite(sde.log_snr(t0) - sde.log_snr(jnp.asarray(sde.T, t0.dtype)))
+
+
+def _resolve_t_min(sde: SDE, t_min: float | None, weighting: str) -> float:
+    """The lower time limit (``sde.t_min`` unless overridden), checked as :func:`numerics.sde._check_range`
+    checks an SDE's own: finite and 0 ≤ t_min < T. For the likelihood weightings ``"g2"``/``"g2_is"``
+    also ∫_{t_min}^T g²/σ² dt = Z = log SNR(t_min) − log SNR(T) must be finite: it is the importance
+    normaliser of ``"g2_is"`` and E_t of the ``"g2"`` weight, infinite where σ_{t_min} = 0 (the VP SDE
+    at t_min = 0; Song et al. 2021 need t_min = ε > 0). Z is evaluated once per call, or at trace time
+    inside ``jit`` (one small compiled scalar program, ~0.2 ms); for an SDE with traced parameters (an
+    SDE passed as an argument of ``jit``, a learned schedule in training) that check is skipped."""
+    t0 = float(sde.t_min if t_min is None else t_min)
+    if not math.isfinite(t0):
+        raise ValueError(f"t_min must be finite; got t_min={t0}.")
+    if t0 < 0:
+        raise ValueError(f"t_min must be ≥ 0 (the ε of Song et al.); got t_min={t0}.")
+    if not sde.T > t0:
+        raise ValueError(f"t_min must be < T (the SDE's end time); got t_min={t0}, T={sde.T}.")
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(sde))
+    if weighting != "sigma2" and not traced:
+        with jax.ensure_compile_time_eval():  # concrete inside a caller's jit too
+            finite = _finite_normaliser(sde, np.asarray(t0, jnp.result_type(float)))
+        if not bool(finite):
+            raise ValueError(
+                f"t_min={t0} gives a non-finite likelihood weight for weighting={weighting!r}: "
+                "Z = log SNR(t_min) − log SNR(T) is not finite (σ = 0 at t_min). Use t_min > 0, e.g. "
+                "the ε = 1e-5 of Song et al., or weighting='sigma2'."
+            )
+    return t0
 
 
 def sample_time(
@@ -53,7 +96,7 @@ def sample_time(
     """t ~ U[t_min, T] for ``"sigma2"``/``"g2"``; t ~ p(t) ∝ g²/σ² (exact inverse CDF) for ``"g2_is"``."""
     _check_weighting(weighting)
     dtype = jnp.result_type(float) if dtype is None else dtype
-    t0 = sde.t_min if t_min is None else float(t_min)
+    t0 = _resolve_t_min(sde, t_min, weighting)
     if weighting == "g2_is":
         return sde.importance_sample_t(key, shape, t_min=t0, dtype=dtype)
     return jax.random.uniform(key, shape, dtype=dtype, minval=t0, maxval=sde.T)
@@ -62,7 +105,7 @@ def sample_time(
 def time_weight(sde: SDE, t, weighting: Weighting, *, t_min: float | None = None) -> Array:
     """The factor w(t) in the per-example value w(t) · ½‖ε − ε̂‖² (see the module table)."""
     _check_weighting(weighting)
-    t0 = sde.t_min if t_min is None else float(t_min)
+    t0 = _resolve_t_min(sde, t_min, weighting)
     if weighting == "sigma2":
         return jnp.full_like(t, sde.T - t0)
     if weighting == "g2":
@@ -97,8 +140,12 @@ def dsm_loss_terms(
     """Per-example weighted DSM values at given (t, ε) — for common random numbers and exact tests.
 
     ``model(x_t, t)`` takes ONE example; it returns the score s_θ (``parameterisation="score"``)
-    or the noise prediction ε̂_θ = −σ_t s_θ (``"eps"``).
+    or the noise prediction ε̂_θ = −σ_t s_θ (``"eps"``). Raises ValueError on another
+    ``parameterisation`` or weighting, and on a ``t_min`` outside [0, T) or with an infinite
+    likelihood weight (see :func:`sample_time`).
     """
+    _check_parameterisation(parameterisation)
+    _check_weighting(weighting)
     dtype = x0.dtype
     t = t.astype(dtype)
     x_t, sigma = perturb(sde, x0, t, eps)
@@ -124,8 +171,7 @@ def dsm_loss(
     Average over the batch for the training loss; the mean's standard error is the batch
     standard deviation over √batch.
     """
-    if parameterisation not in ("score", "eps"):
-        raise ValueError(f"parameterisation must be 'score' or 'eps'; got {parameterisation!r}.")
+    _check_parameterisation(parameterisation)
     k_t, k_eps = jax.random.split(key)
     t = sample_time(sde, k_t, (x0.shape[0],), weighting, t_min=t_min, dtype=x0.dtype)
     eps = jax.random.normal(k_eps, x0.shape, dtype=x0.dtype)

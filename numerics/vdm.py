@@ -46,6 +46,7 @@ __all__ = [
     "MonotoneGamma",
     "VDMLoss",
     "antithetic_times",
+    "check_discrete_data",
     "encode_discrete",
     "prior_loss",
     "gaussian_reconstruction_loss",
@@ -229,6 +230,33 @@ def gaussian_reconstruction_loss(
     return _flat_sum(0.5 * (x - z0 / alpha) ** 2 / var + 0.5 * jnp.log(2 * jnp.pi * var))
 
 
+_int_range = jax.jit(lambda x: (jnp.min(x), jnp.max(x)))
+
+
+def check_discrete_data(x: Integer[Array, "batch *event"], vocab_size: int) -> Integer[Array, "batch *event"]:
+    """``x`` if every entry lies in {0, …, vocab_size − 1} (VDM's discrete data, Kingma et al. 2021
+    App. C), else a ValueError naming the range found: outside it the decoder's log-softmax is read out
+    of bounds (NaN for x = vocab_size, a huge finite loss for x = −1). Inside a caller's jit/grad/vmap
+    the check is attached to the returned ``x`` (:func:`equinox.error_if`), as
+    :func:`numerics.likelihood.check_finite_samples` does."""
+    if x.size == 0:
+        return x
+    lo, hi = _int_range(x)  # on the device; traced even for a concrete x closed over in a jit
+    message = (
+        f"x must hold integers in [0, vocab_size) = [0, {vocab_size}) for discrete data; got {{}}. "
+        f"Quantise x to {{{{0, …, {vocab_size - 1}}}}} or pass the matching vocab_size."
+    )
+    if isinstance(lo, jax.core.Tracer):  # compare in x's dtype without wrapping (uint8 and 256, say)
+        bad = lo < 0 if jnp.issubdtype(x.dtype, jnp.signedinteger) else jnp.zeros((), bool)
+        if vocab_size <= jnp.iinfo(x.dtype).max:
+            bad = bad | (hi >= jnp.asarray(vocab_size, x.dtype))
+        return eqx.error_if(x, bad, message.format("values outside that range"))
+    lo, hi = int(lo), int(hi)
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(message.format(f"values in [{lo}, {hi}]"))
+    return x
+
+
 def discrete_reconstruction_loss(
     sde: SDE, x: Integer[Array, "batch *event"], eps: Float[Array, "batch *event"], *, vocab_size: int = 256
 ) -> Float[Array, " batch"]:
@@ -236,7 +264,12 @@ def discrete_reconstruction_loss(
 
         p(x_i = k | z_0) ∝ exp(−(z_{0,i}/α_0 − enc(k))² / (2 e^{γ_0})),   k = 0, …, vocab_size − 1,
 
-    at z_0 = α_0 enc(x) + σ_0 ε, t_0 = ``sde.t_min``; summed over dimensions. Computes in ``eps.dtype``."""
+    at z_0 = α_0 enc(x) + σ_0 ε, t_0 = ``sde.t_min``; summed over dimensions. Computes in ``eps.dtype``.
+    Entries of ``x`` outside {0, …, vocab_size − 1} raise a ValueError (:func:`check_discrete_data`)."""
+    return _discrete_reconstruction_loss(sde, check_discrete_data(x, vocab_size), eps, vocab_size)
+
+
+def _discrete_reconstruction_loss(sde: SDE, x, eps, vocab_size: int):
     dtype = eps.dtype
     t0 = jnp.asarray(sde.t_min, dtype)
     alpha, sigma = sde.mean_coeff(t0).astype(dtype), sde.std(t0).astype(dtype)
@@ -264,10 +297,15 @@ def continuous_diffusion_loss(
 
 
 def _discrete_grid(sde: SDE, t: Array, n_steps) -> tuple[Array, Array]:
+    """(t_i, s_i) of VDM Eq. 13 for each t: i = ⌈(t − t_min)/h⌉ clipped to 1..n, t_i = t_min + i h,
+    s_i = t_min + (i − 1) h, h = (T − t_min)/n. The ends are exact, t_n = T and s_1 = t_min: in floating
+    point t_min + n·h can round one ulp above T (LinearGamma with t_min = 0.1 and n = 7; LiYanSDE with
+    n = 7, 14, 19), outside the SDE's time range."""
     h = (sde.T - sde.t_min) / n_steps
     i = jnp.clip(jnp.ceil((t - sde.t_min) / h), 1, n_steps)
-    t_i = sde.t_min + i * h
-    return t_i.astype(t.dtype), (t_i - h).astype(t.dtype)
+    t_i = jnp.where(i == n_steps, sde.T, sde.t_min + i * h)
+    s_i = sde.t_min + (i - 1) * h
+    return t_i.astype(t.dtype), s_i.astype(t.dtype)
 
 
 def discrete_diffusion_loss(
@@ -420,7 +458,8 @@ def vdm_loss(
         model: ε̂(z, t) for ONE example.
         sde: a :class:`LogSNRSDE` (any schedule: Linear, Cosine, :class:`MonotoneGamma`).
         x: continuous data (float) or, for ``data="discrete"``, integers in {0, …, vocab_size − 1}
-            (encoded by :func:`encode_discrete`, decoded by VDM's discrete decoder).
+            (encoded by :func:`encode_discrete`, decoded by VDM's discrete decoder); other values
+            raise a ValueError (inside a caller's jit, an equinox runtime error).
         key: one key; t (antithetic unless ``antithetic=False``), ε and ε_0 are drawn from it.
         n_steps: 0 for L_∞, T > 0 for L_T.
         variance_gradient: use :func:`variance_gradient_diffusion_loss` for the diffusion term (same
@@ -434,6 +473,7 @@ def vdm_loss(
     if data == "discrete":
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise ValueError(f"x must hold integers in [0, {vocab_size}) for data='discrete'; got dtype {x.dtype}.")
+        x = check_discrete_data(x, vocab_size)
         dtype = jnp.result_type(float) if dtype is None else dtype
         f = encode_discrete(x, vocab_size, dtype)
     else:
@@ -453,7 +493,7 @@ def vdm_loss(
     diff = diff_fn(model, sde, f, t, eps, int(n_steps))
     prior = prior_loss(sde, f)
     if data == "discrete":
-        recon = discrete_reconstruction_loss(sde, x, eps0, vocab_size=vocab_size)
+        recon = _discrete_reconstruction_loss(sde, x, eps0, vocab_size)  # x checked above
     else:
         recon = gaussian_reconstruction_loss(sde, f, eps0)
     return VDMLoss(total=prior + recon + diff, prior=prior, reconstruction=recon, diffusion=diff)

@@ -118,3 +118,16 @@ def fake_workdir():
     """``fake_workdir(path, cfg_name, overrides, event_shape)``: a training work directory as train()
     leaves it, without training (shared by the dequantiser and fine-tuning tests)."""
     return _fake_workdir
+
+
+@pytest.fixture
+def without_jaxtyping():
+    """The functions as they run outside the tests: jaxtyping's runtime checks (switched on for the
+    tests by --jaxtyping-packages) would reject a bad shape, or a string outside a ``Literal``
+    annotation, first, with an error of their own."""
+    import jaxtyping
+
+    old = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", old)

@@ -3,7 +3,6 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jaxtyping
 import numpy as np
 import pytest
 
@@ -39,16 +38,6 @@ def test_eps_offset_bound_is_nearly_tight_for_gaussian_data():
     mean, se = float(terms.total.mean()), float(terms.total.std() / np.sqrt(n))
     assert mean > entropy - 3 * se
     assert mean - entropy < 0.05 + 3 * se
-
-
-@pytest.fixture
-def without_jaxtyping():
-    """The functions as they run outside the tests: jaxtyping's runtime shape checks (switched on for the
-    tests by --jaxtyping-packages) would reject bad shapes first, with a TypeError of their own."""
-    old = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    yield
-    jaxtyping.config.update("jaxtyping_disable", old)
 
 
 def test_neg_prior_expectation_with_conditional_coefficients_matches_monte_carlo():

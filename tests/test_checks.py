@@ -150,6 +150,17 @@ def test_affine_exact_score_references(sde):
     assert r.holds and abs(r.lhs) < 1e-12
 
 
+def test_affine_summary_rejects_an_unknown_prior():
+    """prior is "sde" or "exact"; anything else (e.g. "Exact", "q_T") was silently taken as the SDE's prior."""
+    mu, s2 = np.array([0.7]), np.array([0.16])
+    m = AffineModel(jnp.asarray(mu), jnp.asarray(s2), jnp.zeros(1), jnp.zeros(1))
+    for bad in ("Exact", "q_T", ""):
+        with pytest.raises(ValueError, match=r"prior must be one of \('sde', 'exact'\); got"):
+            affine_summary(mu, s2, m, CASE_SDES["vp"], prior=bad)
+    with pytest.raises(ValueError, match="prior must be one of"):
+        song2021.check_theorem1_affine(mu, s2, m, CASE_SDES["vp"], prior="exact_T")
+
+
 def test_lu_regression_first_order_bound_fails_for_ode():
     """THEORY.md §8 item 11: v̂ = v(1 + 0.5 t(1−t)) on VP, N(0.7, 0.16): KL(q‖p^ODE) > KL(q_T‖π) + J_SM,
     while Theorem 1 holds for the SDE model and the high-order bound holds for the ODE model."""

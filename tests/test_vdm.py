@@ -284,3 +284,65 @@ def test_float32_follows_the_input_dtype():
         np.testing.assert_allclose(lo, fn(model, sde, x, t, eps), rtol=1e-4)
     out = eqx.filter_jit(vdm.vdm_loss)(model, sde, x.astype(jnp.float32), jax.random.key(2))
     assert all(a.dtype == jnp.float32 for a in (out.total, out.prior, out.reconstruction, out.diffusion))
+
+
+# (SDE, T) pairs where t_min + T·h rounds one ulp above the SDE's end time (h = (T_end − t_min)/T)
+ULP_CASES = [
+    ("linear", numerics.LogSNRSDE(numerics.LinearGamma(), t_min=0.1), 7),
+    ("li_yan", numerics.LiYanSDE(), 7),
+    ("li_yan", numerics.LiYanSDE(), 14),
+    ("li_yan", numerics.LiYanSDE(), 19),
+]
+
+
+@pytest.mark.parametrize(("name", "sde", "n_steps"), ULP_CASES, ids=[f"{c[0]}-{c[2]}" for c in ULP_CASES])
+def test_discrete_grid_ends_exactly_at_T(name, sde, n_steps):
+    """The L_T grid is np.linspace(t_min, T, n + 1): t_n is exactly T and s_1 exactly t_min (t_min + n h was
+    one ulp above T, and the eager loss raised "t must lie in [0, T]"). The per-cell values equal
+    n·expm1(γ(t_i) − γ(s_i))·½‖ε‖² for ε̂ ≡ 0, with γ in closed form on that grid (VDM Eq. 13), and eager
+    vdm_loss runs on a batch whose antithetic times visit every cell, the last included."""
+    grid = np.linspace(sde.t_min, sde.T, n_steps + 1)
+    assert sde.t_min + n_steps * ((sde.T - sde.t_min) / n_steps) > sde.T  # the case is the ulp case
+    t = jnp.asarray(np.concatenate([[sde.t_min], 0.5 * (grid[:-1] + grid[1:]), [sde.T]]))
+    t_i, s_i = vdm._discrete_grid(sde, t, n_steps)
+    assert float(t_i[-1]) == sde.T and float(s_i[0]) == sde.t_min and float(jnp.max(t_i)) == sde.T
+    np.testing.assert_allclose(t_i[1:-1], grid[1:], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(s_i[1:-1], grid[:-1], rtol=0, atol=1e-15)
+
+    zero = lambda z, t: jnp.zeros_like(z)  # noqa: E731
+    x = jnp.full((n_steps, 1), 0.3)
+    eps = jax.random.normal(jax.random.key(0), (n_steps, 1))
+    loss = vdm.discrete_diffusion_loss(zero, sde, x, t[1:-1], eps, n_steps)  # eager: the range check runs
+    gamma = (lambda u: -13.3 + 18.3 * u) if name == "linear" else (lambda u: np.log(u) - np.log1p(-u))  # noqa: E731
+    expect = n_steps * np.expm1(gamma(grid[1:]) - gamma(grid[:-1])) * 0.5 * np.asarray(eps[:, 0]) ** 2
+    np.testing.assert_allclose(loss, expect, rtol=1e-9)
+    out = vdm.vdm_loss(zero, sde, x, jax.random.key(1), n_steps=n_steps)
+    assert np.all(np.isfinite(np.asarray(out.total)))
+
+
+def test_discrete_data_outside_the_vocabulary_raises():
+    """x = vocab_size gave NaN and x = −1 a silent 1e6-nat loss: both now raise, naming x, vocab_size and the
+    range found (a ValueError eagerly, equinox's runtime error inside jit); the boundary values 0 and
+    vocab_size − 1 pass, under jit included."""
+    sde = numerics.LogSNRSDE(numerics.LinearGamma(GMIN, GMAX))
+    model = lambda z, t: 0.1 * z  # noqa: E731
+    loss = eqx.filter_jit(vdm.vdm_loss)
+    ok = loss(model, sde, jnp.array([[0, 255, 3]]), jax.random.key(0), data="discrete")
+    assert np.all(np.isfinite(np.asarray(ok.total)))
+    for bad, found in ((256, r"\[0, 256\]"), (-1, r"\[-1, 255\]")):
+        x = jnp.array([[0, 255, bad]])
+        with pytest.raises(ValueError, match=rf"x must hold integers in \[0, vocab_size\) = \[0, 256\).*{found}"):
+            vdm.vdm_loss(model, sde, x, jax.random.key(0), data="discrete")
+        with pytest.raises(ValueError, match=found):
+            vdm.discrete_reconstruction_loss(sde, x, jnp.zeros((1, 3)))
+        with pytest.raises(RuntimeError, match="vocab_size"):  # traced x: the same compiled program as `ok`
+            loss(model, sde, x, jax.random.key(0), data="discrete")
+    with pytest.raises(ValueError, match=r"\[0, 16\).*\[0, 17\]"):
+        vdm.vdm_loss(model, sde, jnp.array([[0, 17]]), jax.random.key(0), data="discrete", vocab_size=16)
+    # uint8 images (training's dtype) inside jit: 256 does not fit in uint8, so every value is valid (the
+    # comparison must not wrap 256 to 0); a smaller vocabulary is still enforced
+    check = jax.jit(vdm.check_discrete_data, static_argnums=1)
+    pixels = jnp.array([[0, 17, 255]], jnp.uint8)
+    np.testing.assert_array_equal(check(pixels, 256), pixels)
+    with pytest.raises(RuntimeError, match=r"\[0, 16\)"):
+        check(pixels, 16)

@@ -32,7 +32,9 @@ import numpy as np
 from numerics.checks import engine
 from numerics.sde import SDE
 
-__all__ = ["AffineModel", "AffineSummary", "affine_summary", "gauss_kl", "quad_moment"]
+__all__ = ["PRIORS", "AffineModel", "AffineSummary", "affine_summary", "gauss_kl", "quad_moment"]
+
+PRIORS: tuple[str, ...] = ("sde", "exact")
 
 
 class AffineModel(eqx.Module):
@@ -144,8 +146,10 @@ def affine_summary(
 
     ``prior="sde"`` uses the SDE's prior N(0, prior_std² I); ``prior="exact"`` uses π = q_T, which
     must then be isotropic in the model's eyes: it is applied per coordinate as N(m_T, v_T)
-    (the solves start from μ_T = m_T, w_T = v_T).
+    (the solves start from μ_T = m_T, w_T = v_T). Another ``prior`` raises a ValueError.
     """
+    if prior not in PRIORS:
+        raise ValueError(f"prior must be one of {PRIORS}; got {prior!r}.")
     mu = jnp.asarray(mu, dtype=jnp.float64).reshape(-1)
     s2 = jnp.asarray(s2, dtype=jnp.float64).reshape(-1)
     t0 = float(sde.t_min if t0 is None else t0)
