@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from numerics.losses import dsm_loss_terms, perturb, sample_time
+from numerics.losses import PARAMETERISATIONS, check_choice, dsm_loss_terms, perturb, sample_time
 from numerics.mixture import GaussianMixture
 from numerics.sde import SDE, check_time
 
@@ -201,11 +201,6 @@ def sliced_trace_expectation(matrix: Float[Array, "D D"]) -> Float[Array, ""]:
 # --- batched terms ---------------------------------------------------------------------------------
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}; got {value!r}.")
-
-
 def _check_order(order: int) -> int:
     if isinstance(order, bool) or order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3 (Lu et al. 2022 score-matching orders); got {order!r}.")
@@ -213,7 +208,7 @@ def _check_order(order: int) -> int:
 
 
 def _as_score_model(model: Callable, sde: SDE, parameterisation: str) -> Callable:
-    _check_choice("parameterisation", parameterisation, ("score", "eps"))
+    check_choice("parameterisation", parameterisation, PARAMETERISATIONS)
     if parameterisation == "score":
         return model
     return lambda x, t: -model(x, t) / sde.std(t).astype(x.dtype)
@@ -252,8 +247,8 @@ def high_order_terms(
     ``estimator="hutchinson"`` (the per-example value averages the P probes). ``order`` 1 returns zeros.
     """
     order = _check_order(order)
-    _check_choice("estimator", estimator, ESTIMATORS)
-    _check_choice("normalisation", normalisation, NORMALISATIONS)
+    check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("normalisation", normalisation, NORMALISATIONS)
     dtype = x0.dtype
     zeros = jnp.zeros(x0.shape[0], dtype)
     if order == 1:
@@ -344,8 +339,8 @@ def high_order_dsm_loss(
     estimator, normalisation or n_probes (the official code's ``assert ValueError`` never raised).
     """
     order = _check_order(order)
-    _check_choice("estimator", estimator, ESTIMATORS)
-    _check_choice("normalisation", normalisation, NORMALISATIONS)
+    check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("normalisation", normalisation, NORMALISATIONS)
     if isinstance(n_probes, bool) or int(n_probes) != n_probes or n_probes < 1:
         raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}.")
     if len(weights) != 3:

@@ -38,7 +38,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from numerics.sde import SDE
 
-__all__ = ["PARAMETERISATIONS", "WEIGHTINGS", "perturb", "sample_time", "time_weight", "dsm_loss", "dsm_loss_terms"]
+__all__ = ["PARAMETERISATIONS", "WEIGHTINGS", "check_choice", "perturb", "sample_time", "time_weight", "dsm_loss", "dsm_loss_terms"]
 
 Weighting = Literal["sigma2", "g2", "g2_is"]
 Parameterisation = Literal["score", "eps"]
@@ -46,14 +46,11 @@ WEIGHTINGS: tuple[str, ...] = ("sigma2", "g2", "g2_is")
 PARAMETERISATIONS: tuple[str, ...] = ("score", "eps")
 
 
-def _check_weighting(weighting: str) -> None:
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}.")
-
-
-def _check_parameterisation(parameterisation: str) -> None:
-    if parameterisation not in PARAMETERISATIONS:
-        raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}; got {parameterisation!r}.")
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """A ValueError "``name`` must be one of ``allowed``; got ``value``." unless ``value`` is one of
+    them — the check of every string option of :mod:`numerics` (a typo must not pick another branch)."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}; got {value!r}.")
 
 
 @eqx.filter_jit
@@ -94,7 +91,7 @@ def sample_time(
     sde: SDE, key: PRNGKeyArray, shape, weighting: Weighting, *, t_min: float | None = None, dtype=None
 ) -> Array:
     """t ~ U[t_min, T] for ``"sigma2"``/``"g2"``; t ~ p(t) ∝ g²/σ² (exact inverse CDF) for ``"g2_is"``."""
-    _check_weighting(weighting)
+    check_choice("weighting", weighting, WEIGHTINGS)
     dtype = jnp.result_type(float) if dtype is None else dtype
     t0 = _resolve_t_min(sde, t_min, weighting)
     if weighting == "g2_is":
@@ -104,7 +101,7 @@ def sample_time(
 
 def time_weight(sde: SDE, t, weighting: Weighting, *, t_min: float | None = None) -> Array:
     """The factor w(t) in the per-example value w(t) · ½‖ε − ε̂‖² (see the module table)."""
-    _check_weighting(weighting)
+    check_choice("weighting", weighting, WEIGHTINGS)
     t0 = _resolve_t_min(sde, t_min, weighting)
     if weighting == "sigma2":
         return jnp.full_like(t, sde.T - t0)
@@ -144,8 +141,8 @@ def dsm_loss_terms(
     ``parameterisation`` or weighting, and on a ``t_min`` outside [0, T) or with an infinite
     likelihood weight (see :func:`sample_time`).
     """
-    _check_parameterisation(parameterisation)
-    _check_weighting(weighting)
+    check_choice("parameterisation", parameterisation, PARAMETERISATIONS)
+    check_choice("weighting", weighting, WEIGHTINGS)
     dtype = x0.dtype
     t = t.astype(dtype)
     x_t, sigma = perturb(sde, x0, t, eps)
@@ -171,7 +168,7 @@ def dsm_loss(
     Average over the batch for the training loss; the mean's standard error is the batch
     standard deviation over √batch.
     """
-    _check_parameterisation(parameterisation)
+    check_choice("parameterisation", parameterisation, PARAMETERISATIONS)
     k_t, k_eps = jax.random.split(key)
     t = sample_time(sde, k_t, (x0.shape[0],), weighting, t_min=t_min, dtype=x0.dtype)
     eps = jax.random.normal(k_eps, x0.shape, dtype=x0.dtype)

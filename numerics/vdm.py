@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Integer, PRNGKeyArray, PyTree, Shaped
 
-from numerics.losses import dsm_loss_terms
+from numerics.losses import check_choice, dsm_loss_terms
 from numerics.sde import SDE, LogSNRSDE
 
 __all__ = [
@@ -133,8 +133,7 @@ class MonotoneGamma(BisectionInverse):
         key: PRNGKeyArray,
         dtype=None,
     ):
-        if endpoints not in ENDPOINT_MODES:
-            raise ValueError(f"endpoints must be one of {ENDPOINT_MODES}; got {endpoints!r}.")
+        check_choice("endpoints", endpoints, ENDPOINT_MODES)
         if not (math.isfinite(gamma_min) and math.isfinite(gamma_max)) or gamma_max <= gamma_min:
             raise ValueError(f"need finite gamma_min < gamma_max; got gamma_min={gamma_min}, gamma_max={gamma_max}.")
         if isinstance(n_features, bool) or int(n_features) != n_features or n_features < 1:
@@ -466,8 +465,7 @@ def vdm_loss(
             values; the schedule's interior gets ∇E[L²]).
         dtype: the compute dtype for discrete data (default float64 if enabled, else float32).
     """
-    if data not in DATA_KINDS:
-        raise ValueError(f"data must be one of {DATA_KINDS}; got {data!r}.")
+    check_choice("data", data, DATA_KINDS)
     if isinstance(n_steps, bool) or int(n_steps) != n_steps or n_steps < 0:
         raise ValueError(f"n_steps must be a non-negative integer (0 = continuous time); got {n_steps!r}.")
     if data == "discrete":

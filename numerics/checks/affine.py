@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from numerics.checks import engine
+from numerics.losses import check_choice
 from numerics.sde import SDE
 
 __all__ = ["PRIORS", "AffineModel", "AffineSummary", "affine_summary", "gauss_kl", "quad_moment"]
@@ -148,8 +149,7 @@ def affine_summary(
     must then be isotropic in the model's eyes: it is applied per coordinate as N(m_T, v_T)
     (the solves start from μ_T = m_T, w_T = v_T). Another ``prior`` raises a ValueError.
     """
-    if prior not in PRIORS:
-        raise ValueError(f"prior must be one of {PRIORS}; got {prior!r}.")
+    check_choice("prior", prior, PRIORS)
     mu = jnp.asarray(mu, dtype=jnp.float64).reshape(-1)
     s2 = jnp.asarray(s2, dtype=jnp.float64).reshape(-1)
     t0 = float(sde.t_min if t0 is None else t0)
