@@ -92,8 +92,12 @@ def sample_time(
 ) -> Array:
     """t ~ U[t_min, T] for ``"sigma2"``/``"g2"``; t ~ p(t) ∝ g²/σ² (exact inverse CDF) for ``"g2_is"``."""
     check_choice("weighting", weighting, WEIGHTINGS)
+    return _sample_time(sde, key, shape, weighting, _resolve_t_min(sde, t_min, weighting), dtype)
+
+
+def _sample_time(sde: SDE, key: PRNGKeyArray, shape, weighting: str, t0: float, dtype) -> Array:
+    """:func:`sample_time` for a checked weighting and lower limit ``t0``."""
     dtype = jnp.result_type(float) if dtype is None else dtype
-    t0 = _resolve_t_min(sde, t_min, weighting)
     if weighting == "g2_is":
         return sde.importance_sample_t(key, shape, t_min=t0, dtype=dtype)
     return jax.random.uniform(key, shape, dtype=dtype, minval=t0, maxval=sde.T)
@@ -102,7 +106,11 @@ def sample_time(
 def time_weight(sde: SDE, t, weighting: Weighting, *, t_min: float | None = None) -> Array:
     """The factor w(t) in the per-example value w(t) · ½‖ε − ε̂‖² (see the module table)."""
     check_choice("weighting", weighting, WEIGHTINGS)
-    t0 = _resolve_t_min(sde, t_min, weighting)
+    return _time_weight(sde, t, weighting, _resolve_t_min(sde, t_min, weighting))
+
+
+def _time_weight(sde: SDE, t, weighting: str, t0: float) -> Array:
+    """:func:`time_weight` for a checked weighting and lower limit ``t0``."""
     if weighting == "sigma2":
         return jnp.full_like(t, sde.T - t0)
     if weighting == "g2":
@@ -143,6 +151,11 @@ def dsm_loss_terms(
     """
     check_choice("parameterisation", parameterisation, PARAMETERISATIONS)
     check_choice("weighting", weighting, WEIGHTINGS)
+    return _dsm_loss_terms(model, sde, x0, t, eps, weighting, parameterisation, _resolve_t_min(sde, t_min, weighting))
+
+
+def _dsm_loss_terms(model, sde, x0, t, eps, weighting: str, parameterisation: str, t0: float) -> Array:
+    """:func:`dsm_loss_terms` for checked options and lower limit ``t0``."""
     dtype = x0.dtype
     t = t.astype(dtype)
     x_t, sigma = perturb(sde, x0, t, eps)
@@ -150,7 +163,7 @@ def dsm_loss_terms(
     out = jax.vmap(model)(x_t, t)
     eps_hat = out if parameterisation == "eps" else -sigma[expand] * out
     sq = jnp.sum(jnp.square(eps - eps_hat).reshape(x0.shape[0], -1), axis=-1)
-    return (0.5 * time_weight(sde, t, weighting, t_min=t_min) * sq).astype(dtype)
+    return (0.5 * _time_weight(sde, t, weighting, t0) * sq).astype(dtype)
 
 
 def dsm_loss(
@@ -169,7 +182,9 @@ def dsm_loss(
     standard deviation over √batch.
     """
     check_choice("parameterisation", parameterisation, PARAMETERISATIONS)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    t0 = _resolve_t_min(sde, t_min, weighting)  # once: the finite-Z check is a small compiled program
     k_t, k_eps = jax.random.split(key)
-    t = sample_time(sde, k_t, (x0.shape[0],), weighting, t_min=t_min, dtype=x0.dtype)
+    t = _sample_time(sde, k_t, (x0.shape[0],), weighting, t0, x0.dtype)
     eps = jax.random.normal(k_eps, x0.shape, dtype=x0.dtype)
-    return dsm_loss_terms(model, sde, x0, t, eps, weighting, parameterisation=parameterisation, t_min=t_min)
+    return _dsm_loss_terms(model, sde, x0, t, eps, weighting, parameterisation, t0)

@@ -19,7 +19,7 @@ import abc
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar, Literal
 
 import equinox as eqx
 import jax
@@ -37,6 +37,7 @@ __all__ = [
     "CosineGamma",
     "LogitGamma",
     "LiYanSDE",
+    "bisect_increasing",
     "check_time",
 ]
 
@@ -189,19 +190,8 @@ class SDE(eqx.Module):
         return self.mean_coeff(t), self.std(t)
 
     def inverse_log_snr(self, log_snr: Float[ArrayLike, "*t"]) -> Float[Array, "*t"]:
-        """t such that log SNR(t) = ``log_snr`` (closed form where one exists, else bisection)."""
-        log_snr = jnp.asarray(log_snr)
-        lo = jnp.zeros(log_snr.shape, jnp.result_type(log_snr.dtype, float))
-        hi = jnp.full_like(lo, self.T)
-
-        def body(_, bounds):
-            a, b = bounds
-            mid = 0.5 * (a + b)
-            too_noisy = self.log_snr(mid) < log_snr  # log SNR decreases in t
-            return jnp.where(too_noisy, a, mid), jnp.where(too_noisy, mid, b)
-
-        a, b = jax.lax.fori_loop(0, 200, body, (lo, hi))
-        return 0.5 * (a + b)
+        """t such that log SNR(t) = ``log_snr`` (closed form where one exists, else bisection on [0, T])."""
+        return bisect_increasing(lambda t: -self.log_snr(t), -jnp.asarray(log_snr), 0.0, self.T)
 
     # --- importance sampling of t (Song et al. 2021, §5; THEORY.md §2.6) ------------
     def importance_normaliser(self, t_min: float | None = None) -> Float[Array, ""]:
@@ -238,6 +228,25 @@ class SDE(eqx.Module):
         """Draw from π = N(0, prior_std² I) with the given full shape."""
         dtype = jnp.result_type(float) if dtype is None else dtype
         return self.prior_std * jax.random.normal(key, shape, dtype=dtype)
+
+
+def bisect_increasing(fn: Callable, target: Float[ArrayLike, "*v"], lo: float, hi: float,
+                      n_iter: int = 200) -> Float[Array, "*v"]:
+    """t ∈ [lo, hi] with ``fn(t) = target`` for an increasing ``fn``, elementwise by ``n_iter`` halvings
+    (clamped to lo or hi when ``target`` lies outside [fn(lo), fn(hi)]). The one bisection of the
+    package: the inverse log SNR of an SDE without a closed form and VDM's learned γ."""
+    target = jnp.asarray(target)
+    a = jnp.full(target.shape, lo, jnp.result_type(target.dtype, float))
+    b = jnp.full_like(a, hi)
+
+    def body(_, bounds):
+        a, b = bounds
+        mid = 0.5 * (a + b)
+        above = fn(mid) > target
+        return jnp.where(above, a, mid), jnp.where(above, mid, b)
+
+    a, b = jax.lax.fori_loop(0, n_iter, body, (a, b))
+    return 0.5 * (a + b)
 
 
 def _time(t) -> Array:
@@ -418,6 +427,7 @@ class CosineGamma(eqx.Module):
 
     gamma_min: float = -13.3
     gamma_max: float = 5.0
+    domain_end: ClassVar[float] = 1.0  # γ(1) = γ_max; beyond it γ decreases
 
     def __call__(self, t):
         return self.gamma_min + (self.gamma_max - self.gamma_min) * 0.5 * (1.0 - jnp.cos(jnp.pi * _time(t)))
@@ -470,6 +480,13 @@ class LogSNRSDE(SDE):
     def __init__(self, gamma: Callable | None = None, *, t_min: float = 0.0, T: float = 1.0):
         self.gamma = LinearGamma() if gamma is None else gamma
         self.t_min, self.T = _check_range(t_min, T, allow_zero=True)
+        domain_end = getattr(self.gamma, "domain_end", None)
+        if domain_end is not None and self.T > domain_end:
+            raise ValueError(
+                f"T={self.T:g} lies beyond the end of {type(self.gamma).__name__}'s domain [0, {domain_end:g}] "
+                f"(its endpoints γ(0) = gamma_min and γ({domain_end:g}) = gamma_max are where the schedule is "
+                f"defined); use T ≤ {domain_end:g}, or rescale time."
+            )
         self._check_increasing()
 
     def _check_increasing(self, n: int = 65) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Integer, PRNGKeyArray, PyTree, Shaped
 
 from numerics.losses import check_choice, dsm_loss_terms
-from numerics.sde import SDE, LogSNRSDE
+from numerics.sde import SDE, LogSNRSDE, bisect_increasing
 
 __all__ = [
     "BisectionInverse",
@@ -65,31 +66,22 @@ __all__ = [
 
 
 class BisectionInverse(eqx.Module):
-    """A monotone increasing schedule γ on [0, 1] whose ``inverse`` is found by bisection.
+    """A monotone increasing schedule γ on its domain [0, 1] whose ``inverse`` is found by bisection.
 
     Subclasses implement ``__call__``. ``inverse(g)`` returns t ∈ [0, 1] with γ(t) = g (clamped to
-    the ends when g is outside [γ(0), γ(1)]); :class:`numerics.sde.LogSNRSDE` uses it for
-    ``inverse_log_snr`` and hence for importance sampling of t.
+    the ends when g is outside [γ(0), γ(1)]; :func:`numerics.sde.bisect_increasing`);
+    :class:`numerics.sde.LogSNRSDE` uses it for ``inverse_log_snr`` and hence for importance sampling
+    of t, and refuses an end time T beyond ``domain_end``.
     """
+
+    domain_end: ClassVar[float] = 1.0
 
     @abc.abstractmethod
     def __call__(self, t):
         """γ(t)."""
 
     def inverse(self, gamma: Float[ArrayLike, "*g"], n_iter: int = 100) -> Float[Array, "*g"]:
-        gamma = jnp.asarray(gamma)
-        dtype = jnp.result_type(gamma.dtype, float)
-        lo = jnp.zeros(gamma.shape, dtype)
-        hi = jnp.ones(gamma.shape, dtype)
-
-        def body(_, bounds):
-            a, b = bounds
-            mid = 0.5 * (a + b)
-            above = self(mid) > gamma
-            return jnp.where(above, a, mid), jnp.where(above, mid, b)
-
-        a, b = jax.lax.fori_loop(0, n_iter, body, (lo, hi))
-        return 0.5 * (a + b)
+        return bisect_increasing(self, gamma, 0.0, self.domain_end, n_iter)
 
 
 ENDPOINT_MODES: tuple[str, ...] = ("learned", "fixed")

@@ -97,3 +97,21 @@ def test_parameterisation_is_validated_and_eps_equals_score(without_jaxtyping):
             eqx.filter_jit(dsm_loss)(eps_model, sde, x0, jax.random.key(0), parameterisation=bad)
     with pytest.raises(ValueError, match="weighting must be one of"):
         dsm_loss_terms(eps_model, sde, x0, t, eps, "likelihood")
+
+
+def test_dsm_loss_checks_t_min_once_and_equals_its_terms(monkeypatch):
+    """An eager dsm_loss evaluates the finite-Z check of t_min once (it was done by both sample_time and
+    time_weight), and its value is dsm_loss_terms at the same (t, ε) draws."""
+    import numerics.losses as L
+
+    calls = []
+    real = L._finite_normaliser
+    monkeypatch.setattr(L, "_finite_normaliser", lambda *a: calls.append(1) or real(*a))
+    sde, x0, key = numerics.VPSDE(), jnp.array([[0.3, -1.2], [2.0, 0.5], [0.0, 0.1]]), jax.random.key(4)
+    score = lambda x, t: -x  # noqa: E731
+    got = dsm_loss(score, sde, x0, key, weighting="g2_is", t_min=0.01)
+    assert len(calls) == 1
+    k_t, k_eps = jax.random.split(key)
+    t = sample_time(sde, k_t, (3,), "g2_is", t_min=0.01, dtype=x0.dtype)
+    eps = jax.random.normal(k_eps, x0.shape, dtype=x0.dtype)
+    np.testing.assert_allclose(got, dsm_loss_terms(score, sde, x0, t, eps, "g2_is", t_min=0.01), rtol=1e-14)

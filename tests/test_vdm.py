@@ -346,3 +346,22 @@ def test_discrete_data_outside_the_vocabulary_raises():
     np.testing.assert_array_equal(check(pixels, 256), pixels)
     with pytest.raises(RuntimeError, match=r"\[0, 16\)"):
         check(pixels, 16)
+
+
+def test_schedule_defined_on_unit_interval_refuses_longer_T():
+    """MonotoneGamma and CosineGamma are defined on [0, 1] (exact endpoints γ(0), γ(1)); an SDE
+    running past t = 1 would use γ beyond its domain (MonotoneGamma's inverse clamps to 1, so
+    importance sampling of t would be wrong; CosineGamma decreases there). LinearGamma extends."""
+    g = vdm.MonotoneGamma(-5.0, 5.0, n_features=4, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"T=2 lies beyond the end of MonotoneGamma's domain \[0, 1\]"):
+        numerics.LogSNRSDE(g, T=2.0)
+    with pytest.raises(ValueError, match="T=1.5 lies beyond the end of CosineGamma's domain"):
+        numerics.LogSNRSDE(numerics.CosineGamma(), T=1.5)
+    # T ≤ 1 is a truncation: the importance-sampling inverse CDF stays exact on [t_min, T]
+    sde = numerics.LogSNRSDE(g, t_min=0.0, T=0.8)
+    u = jnp.linspace(0.0, 1.0, 11)
+    t = sde.importance_inverse_cdf(u)
+    np.testing.assert_allclose(np.asarray(sde.importance_cdf(t)), np.asarray(u), atol=1e-10)
+    assert float(t[-1]) == pytest.approx(0.8, abs=1e-12)
+    long = numerics.LogSNRSDE(numerics.LinearGamma(-5.0, 5.0), T=2.0)
+    assert float(long.log_snr(2.0)) == pytest.approx(-15.0)
