@@ -16,7 +16,7 @@ keys explicit, from ``sde.T`` down to ``sde.t_min``.
   role of its α_i = 1 − β_i for VP and is 1 for VE).
 * :func:`ode_sample` — the probability-flow ODE dx/dt = f x − ½ g² s (Song et al. ICLR'21, Eq. 13)
   from T to t_min by adaptive Tsit5 (diffrax), each sample with its own steps; failures raise
-  :class:`numerics.likelihood.SolverError`. It is the inverse of the map whose log-determinant
+  :class:`numerics.likelihood.SolverError` (as do non-finite samples at the end of the other two). It is the inverse of the map whose log-determinant
   :func:`numerics.likelihood.ode_log_likelihood` integrates.
 
 ``denoise=True`` ends with Tweedie's step x̂_0 = (x + σ_{t_min}² s(x, t_min))/α_{t_min}
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from numerics.likelihood import check_integer, check_solves, solve_evaluations
+from numerics.likelihood import SolverError, check_finite_samples, check_integer, check_solves, solve_evaluations
 from numerics.sde import SDE
 
 __all__ = [
@@ -53,12 +53,34 @@ def _score_batch(score_fn: Callable, x: Array, t: Array) -> Array:
     return jax.vmap(score_fn, in_axes=(0, None))(x, t).astype(x.dtype)
 
 
-def _check_start(x_T) -> None:
+def _check_start(x_T) -> Array:
+    """``x_T`` checked: a floating JAX array (N, *event) whose rows are finite (a ValueError naming
+    x_T; inside a caller's jit the check travels with the returned array)."""
     if not isinstance(x_T, jax.Array) or x_T.ndim < 2:
         shape = getattr(x_T, "shape", None)
         raise ValueError(f"x_T must be a JAX array of shape (N, *event) with a batch axis; got shape {shape}.")
     if not jnp.issubdtype(x_T.dtype, jnp.floating):
         raise ValueError(f"x_T must be floating point; got dtype {x_T.dtype}.")
+    return check_finite_samples(x_T, "x_T")
+
+
+def _n_non_finite(x: Array) -> Array:
+    """The number of samples (rows) of ``x`` with a NaN or inf; computed inside the sampler's program."""
+    return jnp.sum(~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1))
+
+
+def _check_chain(x: Array, n_bad: Array, what: str) -> Array:
+    """``x`` unless a fixed-step sampler's chain left ``n_bad`` > 0 non-finite samples: then a
+    :class:`SolverError` (inside a caller's jit, the same message from :func:`equinox.error_if`).
+    The start was checked finite, so the score (or a step too large for the SDE) produced them."""
+    message = (f"{what} produced non-finite samples (NaN or inf) in {{}} of {x.shape[0]} rows, from a finite x_T: "
+               "the score function returned NaN/inf along the chain, or a step was too coarse for the SDE. "
+               "Check score_fn at small t and near T, or use more n_steps.")
+    if isinstance(n_bad, jax.core.Tracer):
+        return eqx.error_if(x, n_bad > 0, message.format("some"))
+    if n := int(n_bad):
+        raise SolverError(message.format(n))
+    return x
 
 
 def time_grid(sde: SDE, n_steps: int, dtype=None) -> Float[Array, " n"]:
@@ -80,7 +102,8 @@ def _reverse_chain(step: Callable, score_fn, sde, x_T, key, n_steps: int, denois
     ts = time_grid(sde, n_steps, x_T.dtype)
     inputs = (ts[:-1], ts[1:], jax.random.split(key, n_steps))
     x, _ = jax.lax.scan(lambda x, inp: (step(x, *inp), None), x_T, inputs)
-    return tweedie_denoise(score_fn, sde, x, ts[-1]) if denoise else x
+    x = tweedie_denoise(score_fn, sde, x, ts[-1]) if denoise else x
+    return x, _n_non_finite(x)
 
 
 @eqx.filter_jit
@@ -112,10 +135,13 @@ def euler_maruyama_sample(
     for :class:`numerics.sde.LiYanSDE` (g² = 1/(1 − t), T = 1 − 10⁻⁶) the first step injects noise of
     variance g²(T)·h ≈ 10⁶·10⁻³ at ``n_steps=1000``, and with the exact score of data N(0.7, 0.16) the
     samples' variance is ≈ 2.2 instead of 0.16. Use :func:`predictor_corrector_sample` (its predictor
-    reverses the exact step kernel) or :func:`ode_sample` for such SDEs."""
-    _check_start(x_T)
+    reverses the exact step kernel) or :func:`ode_sample` for such SDEs.
+
+    Raises ValueError for a non-finite x_T and :class:`numerics.likelihood.SolverError` when the chain
+    ends with non-finite samples (a NaN/inf score; inside a caller's jit, an equinox runtime error)."""
+    x_T = _check_start(x_T)
     n_steps = check_integer("n_steps", n_steps)
-    return _euler_maruyama(score_fn, sde, x_T, key, n_steps, bool(denoise))
+    return _check_chain(*_euler_maruyama(score_fn, sde, x_T, key, n_steps, bool(denoise)), "Euler–Maruyama sampling")
 
 
 @eqx.filter_jit
@@ -156,13 +182,17 @@ def predictor_corrector_sample(
 ) -> Float[Array, "N *event"]:
     """Predictor–corrector sampling (Song et al. ICLR'21, Alg. 1–3): reverse-diffusion predictor on the
     exact step kernel and ``n_corrector`` Langevin steps with signal-to-noise ratio ``snr`` (r) per
-    grid time. ``n_corrector=0`` gives the reverse-diffusion (ancestral-type) sampler alone."""
-    _check_start(x_T)
+    grid time. ``n_corrector=0`` gives the reverse-diffusion (ancestral-type) sampler alone.
+
+    Raises ValueError for a non-finite x_T and :class:`numerics.likelihood.SolverError` when the chain
+    ends with non-finite samples (as :func:`euler_maruyama_sample`)."""
+    x_T = _check_start(x_T)
     n_steps = check_integer("n_steps", n_steps)
     n_corrector = check_integer("n_corrector", n_corrector, minimum=0)
     if not snr > 0:
         raise ValueError(f"snr must be positive; got {snr!r}.")
-    return _predictor_corrector(score_fn, sde, x_T, key, n_steps, n_corrector, float(snr), bool(denoise))
+    out = _predictor_corrector(score_fn, sde, x_T, key, n_steps, n_corrector, float(snr), bool(denoise))
+    return _check_chain(*out, "predictor–corrector sampling")
 
 
 class ODESampleResult(eqx.Module):
@@ -214,7 +244,7 @@ def ode_sample(
     """Transport x_T by the probability-flow ODE from T to t_min (Song et al. ICLR'21, Eq. 13; adaptive,
     default Tsit5). Deterministic: no key. Raises :class:`SolverError` (inside a caller's ``jit``, an
     equinox runtime error) when a solve reaches ``max_steps`` or produces a non-finite value."""
-    _check_start(x_T)
+    x_T = _check_start(x_T)
     max_steps = check_integer("max_steps", max_steps)
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be positive; got rtol={rtol}, atol={atol}.")

@@ -2,6 +2,7 @@
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,6 +116,16 @@ def test_failures_raise():
         smp.ode_sample(mix.score_fn(sde), sde, x_T, max_steps=2)
     with pytest.raises(ValueError, match="x_T"):
         smp.euler_maruyama_sample(mix.score_fn(sde), sde, x_T[0], jax.random.key(0))
+    # the fixed-step samplers: a NaN score along the chain (it used to come back as NaN samples), a NaN start
+    for sample in (smp.euler_maruyama_sample, smp.predictor_corrector_sample):
+        with pytest.raises(SolverError, match=r"non-finite samples \(NaN or inf\) in 3 of 3 rows, from a finite x_T"):
+            sample(bad_score, sde, x_T, jax.random.key(1), n_steps=10)
+        with pytest.raises(ValueError, match="x_T contains NaN or inf in 1 of 3 samples"):
+            sample(mix.score_fn(sde), sde, x_T.at[1, 0].set(jnp.nan), jax.random.key(1), n_steps=10)
+        with pytest.raises(RuntimeError, match="non-finite samples"):  # inside a caller's jit: equinox's error
+            jax.block_until_ready(eqx.filter_jit(lambda x: sample(bad_score, sde, x, jax.random.key(1), n_steps=10))(x_T))
+    with pytest.raises(ValueError, match="x_T contains NaN"):
+        smp.ode_sample(mix.score_fn(sde), sde, x_T.at[0, 0].set(jnp.inf))
     with pytest.raises(ValueError, match="n_steps"):
         smp.predictor_corrector_sample(mix.score_fn(sde), sde, x_T, jax.random.key(0), n_steps=0)
     with pytest.raises(ValueError, match="snr"):

@@ -11,6 +11,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -268,3 +269,19 @@ def test_usage_errors(tmp_path, mixture_workdir, capsys):
     assert S.run(args) == 2 and "--sampler" in capsys.readouterr().err
     with pytest.raises(S.UsageError, match="--num"):
         S.draw_samples(lambda x, t: x, numerics.VPSDE(), (2,), num=0)
+
+
+def test_non_finite_chain_exits_3_with_the_sampler_fix(mixture_workdir, capsys, monkeypatch):
+    """An em/pc chain that ends in NaN (a NaN score) raises SolverError from draw_samples instead of
+    writing NaN samples (which quantise maps to black pixels); the CLI exits 3 with the em/pc fix."""
+    from numerics.likelihood import SolverError
+
+    nan_score = lambda x, t: x * jnp.nan  # noqa: E731
+    for sampler in ("em", "pc"):
+        with pytest.raises(SolverError, match="non-finite samples"):
+            S.draw_samples(nan_score, numerics.VPSDE(), (2,), sampler=sampler, num=4, steps=3)
+    real = S.draw_samples
+    monkeypatch.setattr(S, "draw_samples", lambda model, *a, **k: real(nan_score, *a, **k))
+    rc = _cli(["--workdir", str(mixture_workdir), "--sampler", "em", "--steps", "3", "--num", "4", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "non-finite samples" in err and "more --steps" in err, err

@@ -111,7 +111,8 @@ def draw_samples(
     Eq. 13). Batches of ``min(batch_size, num)``; batch b starts from ``sde.prior_sample`` and samples
     with keys from fold_in(PRNGKey(seed), b); the last batch is drawn at full size and cut, so the
     result does not depend on ``num`` beyond its length (same seed and batch size).
-    Raises :class:`UsageError` for bad settings and numerics.likelihood.SolverError when an ODE solve fails.
+    Raises :class:`UsageError` for bad settings and numerics.likelihood.SolverError when an ODE solve fails
+    or an em/pc chain ends with non-finite samples.
     """
     from numerics.sampling import euler_maruyama_sample, ode_sample, predictor_corrector_sample
 
@@ -302,7 +303,8 @@ def _validate(args) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``python -m training sample``: 0 on success, 2 on a usage error, 3 when an ODE solve fails."""
+    """``python -m training sample``: 0 on success, 2 on a usage error, 3 when an ODE solve fails or an
+    em/pc chain ends with non-finite samples."""
     from numerics.likelihood import SolverError
     from training.data import get_mixture
 
@@ -328,8 +330,10 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except SolverError as e:
-        print(f"error: {e} Try a looser --tol, or the em/pc sampler.", file=sys.stderr)
+    except SolverError as e:  # an ODE solve failed, or an em/pc chain ended with NaN/inf (a NaN score)
+        fix = ("Try a looser --tol, or the em/pc sampler." if args.sampler == "ode" else
+               "Try more --steps, or check the checkpoint (a NaN score: evaluate it with python -m training eval).")
+        print(f"error: {e} {fix}", file=sys.stderr)
         return 3
 
     npz = out.with_suffix(".npz")
