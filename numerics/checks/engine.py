@@ -51,6 +51,7 @@ __all__ = [
     "mc_mean",
     "check_n_samples",
     "paired",
+    "paired_ratio",
     "gauss_legendre",
     "TimeGrid",
     "time_grid",
@@ -160,6 +161,18 @@ def paired(a, b) -> tuple[float, float, float]:
     a = np.asarray(a, dtype=np.float64).reshape(-1)
     b = np.asarray(b, dtype=np.float64).reshape(-1)
     return float(a.mean()), float(b.mean()), mc_mean(a - b)[1]
+
+
+def paired_ratio(a, b, offset: float = 0.0) -> tuple[float, float]:
+    """(r, SE) of r = (mean a − c)/(mean b − c), ``c`` = ``offset`` held fixed, for per-sample values
+    a, b on common random numbers: the delta method, SE = SE of the mean of the linearised
+    influence (a − r b)/(mean b − c), so a positive correlation of a and b narrows it. The
+    uncertainty of ``c`` itself is the caller's to add."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    den = b.mean() - offset
+    r = (a.mean() - offset) / den
+    return float(r), mc_mean((a - r * b) / den)[1]
 
 
 # --- quadrature -------------------------------------------------------------------------------

@@ -298,7 +298,9 @@ def high_order_errors(q: GaussianMixture, model, sde: SDE, *, seed: int = 0, n_p
                       order: int = 8) -> dict:
     """δ_k² := ½∫_ε^T g² E_{q_t}‖err_k‖² dt for the errors of orders k = 1, 2, 3 of ``model``
     (e_1 = s_θ − ∇log q_t, E_2 = ∇s_θ − ∇²log q_t (Frobenius), e_3 = ∇tr∇s_θ − ∇Δlog q_t), by
-    per-path log-SNR quadrature; δ_1² = J_SM(θ; g²). Returns {"d1", "d2", "d3"} → (value, SE)."""
+    per-path log-SNR quadrature; δ_1² = J_SM(θ; g²). Returns {"d1", "d2", "d3"} → (value, SE) and
+    "paths" → the per-path values (n_paths, 3), for paired standard errors across models evaluated
+    with the same ``seed`` (common paths)."""
     k0, k1 = jax.random.split(engine.key_from_seed(seed))
     x0 = q.sample(k0, n_paths)
     grid = engine.time_grid(sde, sde.t_min, sde.T, n_panels=n_panels, order=order)
@@ -306,7 +308,7 @@ def high_order_errors(q: GaussianMixture, model, sde: SDE, *, seed: int = 0, n_p
     alpha, sigma, _, _ = engine.grid_coeffs(sde, grid.t)
     vals = engine.eval_on_paths(_high_order_integrand, (model, q), x0, noise, grid.t, alpha, sigma)
     per = 0.5 * np.einsum("nmk,m->nk", np.asarray(vals), grid.w_g2)
-    return {f"d{k + 1}": engine.mc_mean(per[:, k]) for k in range(3)}
+    return {**{f"d{k + 1}": engine.mc_mean(per[:, k]) for k in range(3)}, "paths": per}
 
 
 def check_high_order_sine(
@@ -326,7 +328,7 @@ def check_high_order_sine(
     * ``lu_sine_first_order_gap`` (demonstration): at the largest ω, KL_T + J_SM < KL(q_ε‖p^ODE);
     * ``lu_sine_gap_outlasts_first_order`` (demonstration): from the smallest to the largest ω, J_SM
       falls by more than Δ: lhs = J_SM(ω_max)/J_SM(ω_min) < rhs = Δ(ω_max)/Δ(ω_min) beyond 3 SE
-      (delta-method SEs; the KL side uses common x across ω);
+      (delta-method SEs, paired: the KL side uses common x across ω, J_SM common paths);
     * ``lu_sine_cauchy_schwarz`` (inequality, must hold): at the largest ω, KL(q_ε‖p^ODE) ≤ KL_T +
       √(J_SM·J_Fisher) — the gap is closed by the ODE model's Fisher divergence, which the
       higher-order errors drive (§3.3: J_Fisher grows like δ_3² ∝ ω² while J_SM ∝ 1/ω²);
@@ -362,11 +364,9 @@ def check_high_order_sine(
         engine.inequality("lu_sine_first_order_gap", PAPER, "demo: KL_T + J_SM < KL(q||p_ODE) at the largest omega",
                           klT + d1[i1], kl[i1], _se(kl_se[i1], klT_se, d1_se[i1]), settings=st),
         "the first-order error J_SM no longer bounds the ODE model's KL (holds=True: beyond 3 SE)")
-    r_gap = gap[i1] / gap[i0]
-    infl = (kl_i[i1] - r_gap * kl_i[i0]) / gap[i0]  # linearised (mean_1 − klT)/(mean_0 − klT); klT's share below
-    r_gap_se = _se(engine.mc_mean(infl)[1], abs(r_gap - 1.0) / gap[i0] * klT_se)
-    r_sm = d1[i1] / d1[i0]
-    r_sm_se = r_sm * _se(d1_se[i1] / d1[i1], d1_se[i0] / d1[i0])
+    r_gap, r_gap_se = engine.paired_ratio(kl_i[i1], kl_i[i0], offset=klT)  # common x; klT's share below
+    r_gap_se = _se(r_gap_se, abs(r_gap - 1.0) / gap[i0] * klT_se)
+    r_sm, r_sm_se = engine.paired_ratio(errs[i1]["paths"][:, 0], errs[i0]["paths"][:, 0])  # common paths
     outlast = engine.demonstration(
         engine.inequality("lu_sine_gap_outlasts_first_order", PAPER,
                           "demo: J_SM(w_max)/J_SM(w_min) < KL gap(w_max)/KL gap(w_min)",
