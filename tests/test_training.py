@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import shutil
 import tarfile
 
@@ -242,7 +243,8 @@ def test_resume_needs_the_runs_config_json_and_rewrites_it_atomically(tiny_run, 
             train(changed, workdir, resume=True, log=lambda *a: None)
     assert any(entry.name == "write_atomic" for entry in err.traceback)  # failed while writing config.json
     assert cfg_path.read_text() == original
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl"]  # no temporary file left
+    # no temporary file left (.train.lock: the work directory's lock, training.train._workdir_lock)
+    assert sorted(os.listdir(workdir)) == [".train.lock", "checkpoints", "config.json", "metrics.jsonl"]
     train(changed, workdir, resume=True, log=lambda *a: None)
     assert json.loads(cfg_path.read_text())["train"]["log_every"] == 5
 
@@ -299,6 +301,114 @@ def test_metrics_writer_rewrites_atomically_and_only_records_past_the_resume(tmp
     assert path.read_text() == text and os.listdir(tmp_path) == ["metrics.jsonl"]
     MetricsWriter(path, truncate_after=15)
     assert [r["step"] for r in read_metrics(path)] == [10]
+
+
+# --- SIGTERM and the work directory's lock --------------------------------------------------------------
+
+
+def test_sigterm_stops_the_loop_after_that_step_and_saves_it(tiny_run, tmp_path, monkeypatch):
+    """A real SIGTERM to this process while step 18 of a resumed run is prepared (``train.ckpt_every``
+    15, so no periodic save is due): the loop finishes that step, saves checkpoint 18, stops, and a
+    resume goes on from there. With one process, training.train._any_process is the local flag
+    itself: it gathers nothing across processes (a call to the collective would raise here)."""
+    import signal
+    import threading
+
+    from jax.experimental import multihost_utils
+
+    from training import sharding
+    from training.train import _any_process
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed in the main thread")
+    cfg, _ = tiny_run
+    workdir = _copy_run(tiny_run, tmp_path / "run")
+    real, calls = sharding.host_to_global, []
+
+    def host_to_global(local, mesh, global_batch):
+        calls.append(len(calls))
+        if len(calls) == 3:  # steps 16, 17, 18 after the resume from 15: the batch of step 18
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(local, mesh, global_batch)
+
+    def no_collective(*args, **kwargs):
+        raise AssertionError("a one-process run must not gather across processes")
+
+    logs = []
+    with monkeypatch.context() as m:
+        m.setattr(sharding, "host_to_global", host_to_global)
+        m.setattr(multihost_utils, "process_allgather", no_collective)
+        result = train(apply_overrides(cfg, ["train.num_steps=40"]), workdir, resume=True, log=logs.append)
+        assert (_any_process(True), _any_process(False)) == (True, False)
+    assert result.stopped_by_signal and result.last_checkpoint == 18 and int(result.state.step) == 18
+    assert logs[-1].startswith("SIGTERM: saved checkpoint at step 18")
+    assert sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()) == [15, 18]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the loop's handler is gone again
+    result = train(apply_overrides(cfg, ["train.num_steps=20"]), workdir, resume=True, log=logs.append)
+    assert not result.stopped_by_signal and int(result.state.step) == 20
+
+
+def _hold_lock(path, holder: str):
+    """Take ``path``'s flock as another process would (an open file of its own) and record ``holder``."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0)
+    os.write(fd, holder.encode())
+    return fd
+
+
+_HOLD_LOCK_SCRIPT = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.ftruncate(fd, 0)
+os.write(fd, f"pid {os.getpid()} on host here: training".encode())
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_trainer_in_a_work_directory_is_refused_until_the_first_ends(tiny_run, tmp_path, capsys):
+    """While another process holds ``<workdir>/.train.lock``, train() and ``python -m training train``
+    refuse the work directory, naming it and the holder, before writing anything there; once the
+    holder ends, even by SIGKILL (the operating system drops its lock), a run proceeds."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("fcntl")
+    from training.__main__ import main
+    from training.fileio import DirectoryBusyError
+
+    cfg, _ = tiny_run
+    workdir, fresh = _copy_run(tiny_run, tmp_path / "run"), tmp_path / "fresh"
+    fresh.mkdir()
+    busy = r" is in use by another process \(pid 4242 on host elsewhere: training; lock file .*\.train\.lock\); wait"
+    fds = [_hold_lock(d / ".train.lock", "pid 4242 on host elsewhere: training") for d in (workdir, fresh)]
+    try:
+        with pytest.raises(DirectoryBusyError, match=re.escape(str(workdir)) + busy + ".*--resume"):
+            train(cfg, workdir, resume=True, log=lambda *a: None)
+        with pytest.raises(DirectoryBusyError, match=re.escape(str(fresh)) + busy):
+            train(cfg, fresh, log=lambda *a: None)
+        assert main(["train", "--config", "mixture2d", "--workdir", str(fresh), *TINY]) == 2
+        assert "pid 4242 on host elsewhere: training" in capsys.readouterr().err
+        assert os.listdir(fresh) == [".train.lock"]  # neither checkpoints nor config.json were written
+    finally:
+        for fd in fds:
+            os.close(fd)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK_SCRIPT, str(workdir / ".train.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DirectoryBusyError, match=rf"pid {holder.pid} on host here: training"):
+            train(cfg, workdir, resume=True, log=lambda *a: None)
+    finally:
+        holder.kill()
+        holder.wait()
+    result = train(cfg, workdir, resume=True, log=lambda *a: None)
+    assert int(result.state.step) == 15
+    assert (workdir / ".train.lock").read_text().startswith(f"pid {os.getpid()} on host ")
 
 
 # --- data --------------------------------------------------------------------------------------

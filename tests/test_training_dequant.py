@@ -8,6 +8,9 @@
 3. ``python -m training dequant`` trains, saves atomically, resumes exactly and ``load_dequantizer``
    restores the flow bit for bit.
 4. Bad inputs raise errors naming the argument.
+5. A save killed at any of its file operations leaves a dequantiser the loader finds; temporary
+   folders of killed saves are removed; one writer at a time; ``--resume`` continues against the
+   score checkpoint the dequantiser was fitted to, and names it when keep-N removed it.
 """
 
 from __future__ import annotations
@@ -267,7 +270,8 @@ def test_cli_trains_saves_resumes_and_loads(digits_workdir, tmp_path, capsys):
     x2, q2 = dq.dequantize_variational(r2, images, jax.random.key(3))
     np.testing.assert_array_equal(np.asarray(x1), np.asarray(x2))
     np.testing.assert_array_equal(np.asarray(q1), np.asarray(q2))
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["dequantizer"]  # no temporary left behind
+    # no temporary left behind (.dequantizer.lock: the lock of the dequantiser's writer, training.dequant._lock)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".dequantizer.lock", "dequantizer"]
 
 
 # --- 4. bad inputs ------------------------------------------------------------------------------
@@ -313,3 +317,147 @@ def test_bad_inputs_raise_clear_errors(tmp_path, capsys):
         dq._images_of(get_config("mixture2d"), None)
     with pytest.raises(ValueError, match="--data-dir"):
         dq._images_of(get_config("cifar10_vp_ddpmpp_g2_is"), None)
+
+
+# --- 5. saving: a usable copy at every instant; one writer; resume after keep-N ---------------------------
+
+
+class _Killed(BaseException):
+    """A kill at a file operation: nothing after it runs (not even cleanup handlers)."""
+
+
+def _tiny_flow(seed: int):
+    return _randomise(dq.FlowDequantizer((1, 4, 4), hidden=2, n_layers=1, n_components=1, key=jax.random.key(0)),
+                      jax.random.key(seed))
+
+
+def _same(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _save_killed_at(monkeypatch, workdir, flow, k: int) -> bool:
+    """save_dequantizer(workdir, flow) killed at its k-th rename or rmtree (0-based): from then on no
+    rename or rmtree happens, as in a dead process. False if the save finished before the k-th."""
+    import os
+    import shutil
+
+    real = {"rename": os.rename, "rmtree": shutil.rmtree}
+    count = [0]
+
+    def fake(name):
+        def op(*args, **kwargs):
+            count[0] += 1
+            if count[0] - 1 == k:
+                raise _Killed
+            if count[0] - 1 > k:
+                return None
+            return real[name](*args, **kwargs)
+
+        return op
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "rename", fake("rename"))
+        m.setattr(shutil, "rmtree", fake("rmtree"))
+        try:
+            dq.save_dequantizer(workdir, flow)
+        except _Killed:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("start", ["saved", "cut between renames"])
+def test_a_save_killed_at_any_point_leaves_a_copy_the_loader_finds(tmp_path, monkeypatch, start):
+    """A save of flow B over flow A, killed at each of its renames and removals in turn, leaves A or B
+    for load_dequantizer, starting from a normal save of A and from the state a kill between the two
+    renames of an earlier save leaves (only ``dequantizer.old``, holding A). The old save removed
+    that ``.old`` before its new version was in place, so a kill there lost both. The next save
+    removes the kill's temporary folders and its leftover ``.old``."""
+    import os
+    import shutil
+
+    a, b, c = _tiny_flow(1), _tiny_flow(2), _tiny_flow(3)
+    k = 0
+    while True:
+        w = tmp_path / f"{start}-{k}"
+        dq.save_dequantizer(w, a)
+        if start == "cut between renames":
+            os.rename(w / "dequantizer", w / "dequantizer.old")
+        if not _save_killed_at(monkeypatch, w, b, k):
+            break
+        found = dq.load_dequantizer(w)
+        assert found is not None, f"killed at file operation {k}: no dequantiser left in {sorted(os.listdir(w))}"
+        assert _same(found, a) or _same(found, b), k
+        dq.save_dequantizer(w, c)
+        assert _same(dq.load_dequantizer(w), c)
+        assert sorted(os.listdir(w)) == [".dequantizer.lock", "dequantizer"], k
+        shutil.rmtree(w)
+        k += 1
+    assert k >= 2 and _same(dq.load_dequantizer(w), b)
+
+
+def test_stale_temporary_folders_are_removed_unless_a_dequantiser_run_is_live(tmp_path):
+    """The temporary folder of a save a kill cut short is removed by the next load, unless another
+    process holds the dequantiser's lock (its save may be in flight): then the loader leaves it, and
+    a save refuses, naming the holder."""
+    import fcntl
+    import os
+
+    from training.fileio import DirectoryBusyError
+
+    a = _tiny_flow(1)
+    dq.save_dequantizer(tmp_path, a)
+    stale = tmp_path / ".dequantizer.tmp-abc123"
+    stale.mkdir()
+    (stale / "flow.eqx").write_bytes(b"cut short")
+    fd = os.open(tmp_path / ".dequantizer.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0)
+    os.write(fd, b"pid 4242 on host elsewhere: dequantiser training")
+    try:
+        assert _same(dq.load_dequantizer(tmp_path), a) and stale.exists()
+        with pytest.raises(DirectoryBusyError, match=r"in use by another process \(pid 4242 on host elsewhere"):
+            dq.save_dequantizer(tmp_path, _tiny_flow(2))
+    finally:
+        os.close(fd)
+    assert _same(dq.load_dequantizer(tmp_path), a) and not stale.exists()
+
+
+def _add_score_checkpoint(workdir, step: int, keep: int):
+    """A later checkpoint of the score model, as a training run going on saves it with train.keep=keep."""
+    from training.checkpoint import Checkpointer
+    from training.evaluate import config_from_dict
+    from training.train import load_state
+
+    cfg = config_from_dict(json.loads((workdir / "config.json").read_text()))
+    state, _ = load_state(cfg, workdir)
+    ck = Checkpointer(workdir / "checkpoints", write=True, keep=keep, every=1)
+    ck.save(step, state, force=True)
+    ck.close()
+
+
+def test_resume_continues_against_the_score_checkpoint_it_was_fitted_to(digits_workdir, tmp_path, capsys):
+    """The dequantiser is fitted to score checkpoint 5; the score model goes on training. ``--resume``
+    continues against step 5 while it exists (it used to take the latest, 10, and refuse), refuses a
+    --step other than 5, and once keep-N removed step 5, names that step, the steps left and --step."""
+    import shutil
+
+    from training.__main__ import main
+
+    common = ["--batch-size", "16", "--hidden", "4", "--layers", "2", "--components", "2", "--no-progress",
+              "--log-every", "2", "--ckpt-every", "2", "--eval-images", "0"]  # the flow of the test above: compiled
+    w = tmp_path / "run"
+    shutil.copytree(digits_workdir, w)
+    assert main(["dequant", "--workdir", str(w), "--steps", "2", *common]) == 0
+    _add_score_checkpoint(w, 10, keep=2)
+    capsys.readouterr()
+    assert main(["dequant", "--workdir", str(w), "--steps", "4", "--resume", *common]) == 0
+    assert "resuming the dequantiser from step 2 (score checkpoint 5)" in capsys.readouterr().err
+    cfg = json.loads((w / "dequantizer" / "config.json").read_text())
+    assert cfg["step"] == 4 and cfg["score_step"] == 5
+    assert main(["dequant", "--workdir", str(w), "--steps", "6", "--resume", "--step", "10", *common]) == 2
+    assert "fitted to score checkpoint step 5; leave --step out" in capsys.readouterr().err
+    _add_score_checkpoint(w, 15, keep=1)  # keep-N removes steps 5 and 10
+    assert main(["dequant", "--workdir", str(w), "--steps", "6", "--resume", *common]) == 2
+    err = capsys.readouterr().err
+    assert "fitted to score checkpoint step 5, which is no longer in" in err
+    assert "available steps: [15]" in err and "--step N" in err

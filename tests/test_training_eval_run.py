@@ -306,6 +306,28 @@ def test_sigkill_and_resume_gives_the_uninterrupted_numbers(mix, mix_summary, ca
         assert sk["results"]["ode"][key] == su["results"]["ode"][key]
 
 
+def test_a_second_evaluation_with_the_same_options_is_refused_while_the_first_runs(mix, mix_summary, capsys):
+    """Two evaluations with the same options would append the same batches to one file: while another
+    process holds DIR/eval/<tag>/.lock, eval exits 2 naming the directory and the holder; once that
+    process is gone (killed: the OS drops its lock), the same command runs (all batches reused)."""
+    eval_dir = os.path.dirname(mix_summary["results"]["ode"]["batch_file"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'pid 4242 on host h: evaluation'); print('held', flush=True); "
+         "time.sleep(120)", os.path.join(eval_dir, ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        assert main(["eval", "--workdir", mix["workdir"]] + MIX_ARGS) == 2
+        err = capsys.readouterr().err
+        assert f"{eval_dir} is in use by another process (pid 4242 on host h: evaluation" in err and "--seed" in err, err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["eval", "--workdir", mix["workdir"]] + MIX_ARGS) == 0
+    assert "skipping them (resumed)" in capsys.readouterr().out
+
+
 def test_bad_inputs_name_the_argument_and_the_fix(mix, tmp_path, capsys):
     """Missing work directory, no config.json, no checkpoint, unknown --step, unknown metric: exit
     code 2 and a message naming the argument and what to do (batch divisibility: the 2-device test)."""

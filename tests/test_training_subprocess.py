@@ -242,3 +242,37 @@ def test_two_processes_match_one_process_and_resume(tmp_path, cache_dir):
     for tree in ("params", "ema"):
         for a, b in zip(jax.tree.leaves(getattr(state_a, tree)), jax.tree.leaves(getattr(state_b, tree))):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6, err_msg=tree)
+
+
+def test_sigterm_to_one_process_of_two_stops_both_at_the_same_checkpoint(tmp_path, cache_dir):
+    """A two-process run (as above) where only process 1 gets SIGTERM, as when a scheduler signals the
+    hosts at different moments: the processes combine their flags (training.train._any_process), so
+    both save the same step (orbax's save is collective) and exit cleanly. Deciding on its own flag,
+    process 1 began a save that process 0 never joined, and the run hung."""
+    common = ["--config", "mixture2d", "model.width=32", "model.depth=1", "train.batch_size=16",
+              "train.num_steps=1000000", "train.ckpt_every=1000000", "train.log_every=5", "train.progress=false"]
+    cmd = [sys.executable, "-m", "training", "train", "--workdir", str(tmp_path)]
+    port = _free_port()
+    procs = [subprocess.Popen(cmd + common + ["distributed.enabled=true", f"distributed.coordinator_address=localhost:{port}",
+                                              "distributed.num_processes=2", f"distributed.process_id={i}"],
+                              env=_env(cache_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+        t0 = time.time()
+        while not (tmp_path / "metrics.jsonl").is_file() or not (tmp_path / "metrics.jsonl").read_text():
+            assert all(p.poll() is None for p in procs), [p.communicate()[1][-3000:] for p in procs if p.poll() is not None]
+            assert time.time() - t0 < 240, "the two processes logged no step in time"
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGTERM)  # both are in the training loop: process 0 logged step 5
+        outs = [p.communicate(timeout=120) for p in procs]
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the processes did not stop together after SIGTERM to process 1 (hung in a save?)")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outs]
+    steps = _ckpt_steps(tmp_path)
+    assert len(steps) == 1 and steps[0] >= 5, steps
+    assert f"SIGTERM: saved checkpoint at step {steps[0]}" in outs[0][0]

@@ -10,6 +10,8 @@
 4. The ε-offset bound rejects NaN samples with ode_nll's message; the bits/dim evaluations and
    ``training.data.dequantize`` reject dequantised floats.
 5. The dequantiser's training checks finiteness before every checkpoint, not only when it logs.
+6. Every config.json is read by training.fileio.read_json: a damaged one gives the same message
+   (file, cause, fix) in train, eval, sample and dequant.
 """
 
 from __future__ import annotations
@@ -426,3 +428,53 @@ def test_dequantiser_never_checkpoints_a_non_finite_flow():
                              n_layers=1, n_components=1, log_every=100, progress=False,
                              checkpoint=lambda r: saved.append(r), checkpoint_every=2)
     assert saved == []
+
+
+# --- 6. one reader for every config.json ---------------------------------------------------------------
+
+
+_DAMAGED = {"empty": b"", "cut off": b'{"model": {"name": "mlp", "wid', "not UTF-8": b'{"name": "caf\xe9"}'}
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGED))
+def test_every_reader_of_a_config_json_gives_the_same_clear_error(tmp_path, capsys, damage):
+    """An empty, cut-off or non-UTF-8 config.json gives the same message wherever it is read
+    (training.fileio.read_json): "<file> cannot be read as JSON (<cause>); <fix>" — a WorkdirError for
+    evaluation, sampling and the dequantiser (training.evaluate.locate_checkpoint), a ValueError for a
+    resume or train.init_from (training.train._read_run_config) and for a saved dequantiser's own
+    config.json; the command lines exit 2 with it. (locate_checkpoint used to let a non-UTF-8 file's
+    UnicodeDecodeError escape and named no file.)"""
+    import re
+
+    from training import dequant as dq
+    from training.__main__ import main
+    from training.train import _check_resume_config
+
+    cfg_path = tmp_path / "config.json"
+    cfg_path.write_bytes(_DAMAGED[damage])
+    cause = r"\((JSONDecodeError|UnicodeDecodeError): .*\); "
+    with pytest.raises(ev.WorkdirError, match=re.escape(str(cfg_path)) + " cannot be read as JSON " + cause +
+                       "restore it from the training run, or pass the --workdir of another training run"):
+        ev.locate_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(str(cfg_path)) + " cannot be read as JSON " + cause + "restore it"):
+        _check_resume_config(get_config("mixture2d"), str(cfg_path), 5, str(tmp_path / "checkpoints"))
+    deq_dir = tmp_path / "dequantizer"
+    deq_dir.mkdir()
+    (deq_dir / "config.json").write_bytes(_DAMAGED[damage])
+    with pytest.raises(ValueError, match=re.escape(str(deq_dir / "config.json")) + " cannot be read as JSON " + cause +
+                       "remove .* and fit the dequantiser again"):
+        dq._read_config(str(deq_dir))
+    for command in (["eval"], ["sample"], ["dequant", "--steps", "1"]):
+        assert main([*command, "--workdir", str(tmp_path)]) == 2, command
+        assert f"{cfg_path} cannot be read as JSON" in capsys.readouterr().err, command
+
+
+def test_read_json_reads_json_and_names_an_unreadable_file(tmp_path):
+    from training.fileio import read_json
+
+    (tmp_path / "a.json").write_text('{"x": [1, 2]}')
+    assert read_json(tmp_path / "a.json", fix="unused") == {"x": [1, 2]}
+    with pytest.raises(ValueError, match=rf"{tmp_path} cannot be read as JSON \(IsADirectoryError: .*\); fix it"):
+        read_json(tmp_path, fix="fix it")
+    with pytest.raises(KeyError, match=r"missing.json cannot be read as JSON \(FileNotFoundError"):
+        read_json(tmp_path / "missing.json", fix="fix it", error=KeyError)

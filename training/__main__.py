@@ -72,11 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    from training.fileio import DirectoryBusyError
     from training.train import NonFiniteLossError, train
 
     try:
         result = train(cfg, args.workdir, resume=args.resume)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, DirectoryBusyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

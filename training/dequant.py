@@ -36,7 +36,8 @@ bound is ``numerics.likelihood.bits_per_dim(−(B + log q), D, data_scale=2)``.
   their paired difference with its standard error.
 * :func:`save_dequantizer` / :func:`load_dequantizer` — ``<workdir>/dequantizer/`` holds
   ``config.json`` (hyper-parameters, step, history), ``flow.eqx`` (``eqx.tree_serialise_leaves``)
-  and ``opt_state.eqx`` (to resume); it is written to a temporary folder and swapped in.
+  and ``opt_state.eqx`` (to resume); it is written to a temporary folder and swapped in so that a
+  complete version exists at every instant (``dequantizer.old`` between the two renames).
 
 Command line (``python -m training dequant``)::
 
@@ -44,13 +45,16 @@ Command line (``python -m training dequant``)::
 
 trains q for the latest (EMA) checkpoint of the training work directory DIR on its image data
 (digits or CIFAR-10), shows progress, saves to DIR/dequantizer/ every ``--ckpt-every`` steps
-(``--resume`` continues from there), and at the end compares the variational and uniform bounds on
-``--eval-images`` images held out from the dequantiser's training set.
+(``--resume`` continues from there, against the score checkpoint it was fitted to), and at the end
+compares the variational and uniform bounds on ``--eval-images`` images held out from the
+dequantiser's training set. One dequantiser run at a time per work directory: it holds
+``DIR/.dequantizer.lock`` (not the trainer's lock: the score model may go on training meanwhile).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -72,7 +76,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, UInt8
 import numerics
 from numerics.likelihood import bits_per_dim
 from training.data import check_images, dequantize_with
-from training.fileio import write_atomic
+from training.fileio import DirectoryBusyError, fsync_dir, lock_directory, read_json, write_atomic
 from training.metrics import all_finite
 
 __all__ = [
@@ -606,40 +610,103 @@ def _dir(workdir) -> str:
     return os.path.join(os.fspath(workdir), SUBDIR)
 
 
-def save_dequantizer(workdir: str | os.PathLike, deq: FlowDequantizer, *, opt_state: Any = None,
-                     meta: dict | None = None) -> str:
-    """Write ``<workdir>/dequantizer/`` atomically (a temporary folder, then renames; a crash leaves
-    either the old or the new version, which :func:`load_dequantizer` finds): ``config.json``
-    (hyper-parameters and ``meta``), ``flow.eqx`` and, if given, ``opt_state.eqx``."""
-    workdir = os.fspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    final = _dir(workdir)
-    tmp = tempfile.mkdtemp(prefix=f".{SUBDIR}.tmp-", dir=workdir)
+_TMP_PREFIX = f".{SUBDIR}.tmp-"  # the temporary folder of a save in flight (or cut short by a kill)
+LOCK_NAME = f".{SUBDIR}.lock"  # held by the process that writes <workdir>/dequantizer/
+
+
+def _lock(workdir: str):
+    """The lock of ``<workdir>/dequantizer/`` (training.fileio.lock_directory): one writer at a time.
+    Not the trainer's lock: a dequantiser may be fitted while the score model goes on training."""
+    return lock_directory(workdir, LOCK_NAME, what="dequantiser training (python -m training dequant)",
+                          fix=f"wait for it to end, or stop it and continue with python -m training dequant "
+                              f"--workdir {workdir} --resume.")
+
+
+def _stale_temporaries(workdir: str) -> list[str]:
+    """The temporary folders of saves in ``workdir`` (``.dequantizer.tmp-*``)."""
+    if not os.path.isdir(workdir):
+        return []
+    return [os.path.join(workdir, n) for n in sorted(os.listdir(workdir)) if n.startswith(_TMP_PREFIX)]
+
+
+def _remove_stale_temporaries(workdir: str) -> None:
+    """Remove the temporary folders of saves that a kill cut short. Call only while holding
+    :func:`_lock` (then no save is in flight)."""
+    for path in _stale_temporaries(workdir):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write_version(workdir: str, deq: FlowDequantizer, opt_state: Any, cfg: dict) -> str:
+    """A complete new version in a temporary folder of ``workdir``, every file and the folder fsynced
+    (so the renames that publish it cannot publish lost data); returns the folder."""
+    tmp = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=workdir)
     try:
-        eqx.tree_serialise_leaves(os.path.join(tmp, "flow.eqx"), deq)
-        if opt_state is not None:
-            eqx.tree_serialise_leaves(os.path.join(tmp, "opt_state.eqx"), opt_state)
-        cfg = {"format": _FORMAT, **deq.hyperparameters(), **(meta or {})}
+        files = {"flow.eqx": deq, **({"opt_state.eqx": opt_state} if opt_state is not None else {})}
+        for name, tree in files.items():
+            eqx.tree_serialise_leaves(os.path.join(tmp, name), tree)
+            _fsync_file(os.path.join(tmp, name))
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2, sort_keys=True)
-        old = final + ".old"
-        if os.path.exists(old):
-            shutil.rmtree(old)
-        if os.path.exists(final):
-            os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return tmp
+
+
+def save_dequantizer(workdir: str | os.PathLike, deq: FlowDequantizer, *, opt_state: Any = None,
+                     meta: dict | None = None) -> str:
+    """Write ``<workdir>/dequantizer/``: ``config.json`` (hyper-parameters and ``meta``), ``flow.eqx``
+    and, if given, ``opt_state.eqx``. A complete version exists at every instant, so a crash, a kill
+    or a full disk at any point leaves the previous or the new one, which :func:`load_dequantizer`
+    finds:
+
+    1. the new version is written to a temporary folder ``.dequantizer.tmp-*`` and fsynced;
+    2. if ``dequantizer/`` exists, it is renamed to ``dequantizer.old`` (a ``.old`` left by an
+       interrupted save is removed first: ``dequantizer/`` is complete then); if it does not, a
+       ``.old`` is the only copy and stays;
+    3. the temporary folder is renamed to ``dequantizer/``; only then is ``dequantizer.old`` removed.
+
+    Holds the dequantiser's lock (``<workdir>/.dequantizer.lock``; a run that holds it already passes;
+    :class:`training.fileio.DirectoryBusyError` if another process does) and first removes the
+    temporary folders of saves a kill cut short."""
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    final = _dir(workdir)
+    old = final + ".old"
+    cfg = {"format": _FORMAT, **deq.hyperparameters(), **(meta or {})}
+    with _lock(workdir):
+        _remove_stale_temporaries(workdir)
+        tmp = _write_version(workdir, deq, opt_state, cfg)
+        try:
+            if os.path.isdir(final):
+                if os.path.exists(old):
+                    shutil.rmtree(old)
+                os.rename(final, old)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_dir(workdir)
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def _read_config(path: str) -> dict:
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
-    if cfg.get("format") != _FORMAT:
-        raise ValueError(f"{path}: unknown dequantiser format {cfg.get('format')!r} (expected {_FORMAT}).")
+    """The ``config.json`` of a saved dequantiser folder ``path`` (training.fileio.read_json)."""
+    cfg = read_json(os.path.join(path, "config.json"),
+                    fix=f"remove {path} and fit the dequantiser again (python -m training dequant).")
+    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+        found = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+        raise ValueError(f"{path}: unknown dequantiser format {found!r} (expected {_FORMAT}); remove it and fit "
+                         "the dequantiser again (python -m training dequant).")
     return cfg
 
 
@@ -652,17 +719,36 @@ def _skeleton(cfg: dict) -> FlowDequantizer:
         jax.random.key(0))
 
 
+def _is_complete(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "flow.eqx"))
+
+
 def _existing(workdir) -> str | None:
+    """The folder of the saved dequantiser: ``dequantizer/``, or ``dequantizer.old`` where a save was
+    cut short between its renames; None if there is none. ``dequantizer/`` is looked at again last: a
+    save running beside may have published it (and removed ``.old``) between the first two looks."""
     final = _dir(workdir)
-    for p in (final, final + ".old"):  # .old only survives a crash between the two renames
-        if os.path.isfile(os.path.join(p, "config.json")) and os.path.isfile(os.path.join(p, "flow.eqx")):
+    for p in (final, final + ".old", final):
+        if _is_complete(p):
             return p
     return None
 
 
+def _clean_up_after_a_kill(workdir: str) -> None:
+    """Remove the temporary folders of saves a kill cut short, if no process holds the dequantiser's
+    lock (a live run's save may be in flight) and the work directory can be written; else nothing."""
+    if not _stale_temporaries(workdir):  # the usual case: no lock file is created by a reader
+        return
+    with contextlib.suppress(DirectoryBusyError, OSError), _lock(workdir):
+        _remove_stale_temporaries(workdir)
+
+
 def load_dequantizer(workdir: str | os.PathLike) -> FlowDequantizer | None:
     """The :class:`FlowDequantizer` saved in ``<workdir>/dequantizer/`` (by ``python -m training dequant``
-    or :func:`save_dequantizer`), or None if the work directory has none."""
+    or :func:`save_dequantizer`; ``dequantizer.old`` where a save was cut short between its renames),
+    or None if the work directory has none. Removes the temporary folders of saves a kill cut short
+    when no dequantiser run is live there."""
+    _clean_up_after_a_kill(os.fspath(workdir))
     path = _existing(workdir)
     if path is None:
         return None
@@ -759,50 +845,115 @@ def _check_args(args) -> None:
 _IDENTITY = ("batch_size", "seed", "lr", "grad_clip", "hidden", "layers", "components", "eval_images", "num_images")
 
 
-def run(args) -> int:
+def _resume_score_step(workdir: str, prev: str, saved: dict, step: int | None) -> int:
+    """The score checkpoint a ``--resume`` continues against: the one the saved dequantiser was fitted
+    to (its config.json records it), which must still exist; ``--step`` may only repeat it. Errors name
+    the step, the checkpoints kept and the fix (keep-N may have removed the step since)."""
+    from training.evaluate import checkpoint_steps
+
+    fitted = saved.get("score_step")
+    if not isinstance(fitted, int):
+        raise ValueError(f"--resume: {prev}/config.json does not record the score checkpoint (score_step) the "
+                         f"dequantiser was fitted to, so it cannot be continued; move {_dir(workdir)} away and fit a "
+                         "new dequantiser.")
+    if step is not None and step != fitted:
+        raise ValueError(f"--resume --step {step}: the saved dequantiser in {prev} was fitted to score checkpoint "
+                         f"step {fitted}; leave --step out to continue it, or move {_dir(workdir)} away to fit a new "
+                         f"dequantiser to step {step}.")
+    steps = checkpoint_steps(workdir)
+    if fitted not in steps:
+        ck_dir = os.path.join(workdir, "checkpoints")
+        raise ValueError(f"--resume: the saved dequantiser in {prev} was fitted to score checkpoint step {fitted}, "
+                         f"which is no longer in {ck_dir} (train.keep removes old checkpoints as a run goes on); "
+                         f"available steps: {steps}. Its fit cannot be continued against another checkpoint: restore "
+                         f"step {fitted}, or move {_dir(workdir)} away and fit a new dequantiser with --step N, N one "
+                         f"of {steps} (default the latest).")
+    return fitted
+
+
+@dataclasses.dataclass
+class _Setup:
+    """What :func:`run` prepared: the frozen score model, the data split, the state to start from
+    (a resumed flow, its Adam state, step and history) and the metadata every save records."""
+
+    workdir: str
+    model: Any
+    sde: Any
+    images: np.ndarray
+    tr_idx: np.ndarray
+    ev_idx: np.ndarray
+    init: FlowDequantizer | None
+    opt_state: Any
+    start: int
+    history: list
+    meta: dict
+
+
+def _prepare(args, workdir: str, held: contextlib.ExitStack) -> _Setup:
+    """Check the command line and the work directory, take the dequantiser's lock into ``held`` (and
+    remove the temporary folders of saves a kill cut short), and load the score model, the images and
+    (``--resume``) the saved dequantiser; errors name the flag or file and the fix."""
     from training.evaluate import load_model, locate_checkpoint
 
-    workdir = os.path.abspath(args.workdir)
     identity = {k: getattr(args, k) for k in _IDENTITY}
-    try:
-        _check_args(args)
-        locate_checkpoint(workdir, args.step)  # a training work directory with that checkpoint, or a clear error
-        prev = _existing(workdir)
-        saved: dict = {}
-        if prev is not None and not args.resume:
-            raise FileExistsError(f"{_dir(workdir)} already exists; pass --resume to continue it, or remove it.")
-        if prev is not None:
-            saved = _read_config(prev)
-            changed = sorted(k for k in _IDENTITY if saved.get("identity", {}).get(k) != identity[k])
-            if changed:
-                raise ValueError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
-                                 f"saved run in {prev} (only --steps, --log-every, --ckpt-every, --eval-draws and "
-                                 "--no-progress may change).")
-        model, cfg, sde, score_step = load_model(workdir, args.step)
-        images = _images_of(cfg, args.data_dir)
-        if not cfg.data.centered:
-            raise ValueError("the dequantiser assumes data centred to [-1, 1] (data.centered=true); this model was not.")
-        n_eval = max(0, min(int(args.eval_images), images.shape[0] // 2))
-        tr_idx, ev_idx = _split(images.shape[0], n_eval, args.seed)
-        if args.num_images is not None:
-            tr_idx = tr_idx[: int(args.num_images)]
-        if len(tr_idx) < args.batch_size:
-            raise ValueError(f"{len(tr_idx)} training images are fewer than one batch (--batch-size {args.batch_size}).")
-        init = opt_state = None
-        start = 0
-        if prev is not None:
-            if saved.get("score_step") != score_step:
-                raise ValueError(f"--resume: the saved dequantiser was fitted to score checkpoint {saved.get('score_step')}, "
-                                 f"not {score_step}.")
-            init, opt_state, _ = _load_state(workdir, float(args.grad_clip))
-            start = int(saved.get("step", 0))
-            print(f"resuming the dequantiser from step {start}", file=sys.stderr)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
+    _check_args(args)
+    locate_checkpoint(workdir, args.step)  # a training work directory with that checkpoint, or a clear error
+    held.enter_context(_lock(workdir))
+    _remove_stale_temporaries(workdir)
+    prev = _existing(workdir)
+    saved: dict = {}
+    score_step = args.step
+    if prev is not None and not args.resume:
+        raise FileExistsError(f"{_dir(workdir)} already exists; pass --resume to continue it, or remove it.")
+    if prev is not None:
+        saved = _read_config(prev)
+        changed = sorted(k for k in _IDENTITY if saved.get("identity", {}).get(k) != identity[k])
+        if changed:
+            raise ValueError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
+                             f"saved run in {prev} (only --steps, --log-every, --ckpt-every, --eval-draws and "
+                             "--no-progress may change).")
+        score_step = _resume_score_step(workdir, prev, saved, args.step)
+    model, cfg, sde, score_step = load_model(workdir, score_step)
+    images = _images_of(cfg, args.data_dir)
+    if not cfg.data.centered:
+        raise ValueError("the dequantiser assumes data centred to [-1, 1] (data.centered=true); this model was not.")
+    n_eval = max(0, min(int(args.eval_images), images.shape[0] // 2))
+    tr_idx, ev_idx = _split(images.shape[0], n_eval, args.seed)
+    if args.num_images is not None:
+        tr_idx = tr_idx[: int(args.num_images)]
+    if len(tr_idx) < args.batch_size:
+        raise ValueError(f"{len(tr_idx)} training images are fewer than one batch (--batch-size {args.batch_size}).")
+    init = opt_state = None
+    start = 0
+    if prev is not None:
+        init, opt_state, _ = _load_state(workdir, float(args.grad_clip))
+        start = int(saved.get("step", 0))
+        print(f"resuming the dequantiser from step {start} (score checkpoint {score_step})", file=sys.stderr)
     meta = dict(score_step=score_step, steps=args.steps, n_train_images=int(len(tr_idx)), identity=identity)
-    old_history = list(saved.get("history", []))
+    return _Setup(workdir, model, sde, images, tr_idx, ev_idx, init, opt_state, start,
+                  list(saved.get("history", [])), meta)
+
+
+def run(args) -> int:
+    """``python -m training dequant`` (see the module docstring). Holds the dequantiser's lock
+    (``<workdir>/.dequantizer.lock``) for the whole run. Exit status 2 for bad input (including another
+    dequantiser run in the same work directory), 3 for a non-finite training step."""
+    workdir = os.path.abspath(args.workdir)
+    with contextlib.ExitStack() as held:
+        try:
+            setup = _prepare(args, workdir, held)
+        except (ValueError, FileNotFoundError, FileExistsError, DirectoryBusyError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return _fit_and_compare(args, setup)
+
+
+def _fit_and_compare(args, setup: _Setup) -> int:
+    """Train the dequantiser from ``setup`` (saving as it goes), then compare the variational and
+    uniform bounds on the held-out images; 0, or 3 for a non-finite step."""
+    workdir, model, sde, images, start = setup.workdir, setup.model, setup.sde, setup.images, setup.start
+    tr_idx, ev_idx, n_eval = setup.tr_idx, setup.ev_idx, len(setup.ev_idx)
+    init, opt_state, meta, old_history = setup.init, setup.opt_state, setup.meta, setup.history
 
     def checkpoint(res: DequantTrainResult):
         save_dequantizer(workdir, res.dequantizer, opt_state=res.opt_state,

@@ -89,7 +89,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float, Shaped
 
-from training.fileio import drop_partial_last_line, fsync_dir, write_atomic
+from training.fileio import DirectoryBusyError, drop_partial_last_line, fsync_dir, lock_directory, write_atomic
 
 __all__ = [
     "METRICS",
@@ -110,6 +110,9 @@ SCHEMA = "training.eval_run/1"
 EXACT_MAX_DIM = 16  # training.evaluate.ode_nll's default: exact trace up to D = 16
 TEST_SET_FOLD = 0x7E57  # mixture test set: fold_in(key(data_seed), TEST_SET_FOLD)
 _KEY_DEQUANT, _KEY_PROBES, _KEY_BOUND, _KEY_VLB = 0, 1, 2, 3  # fold_in ids under the batch key
+
+
+LOCK_NAME = ".lock"  # in each DIR/eval/<tag>/: held while an evaluation with those options runs
 
 
 class EvalError(ValueError):
@@ -163,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             num_examples=args.num_examples, data_seed=args.data_seed, data_dir=args.data_dir, split=args.split,
             out=args.out, progress=args.progress,
         )
-    except EvalError as e:
+    except (EvalError, DirectoryBusyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except SolverError as e:
@@ -724,7 +727,9 @@ def evaluate_workdir(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Evaluate the checkpoint ``step`` of a training work directory (see the module docstring) and
-    write the summary JSON; returns the summary dict. Raises :class:`EvalError` on bad input."""
+    write the summary JSON; returns the summary dict. Raises :class:`EvalError` on bad input, and
+    :class:`training.fileio.DirectoryBusyError` while another evaluation with the same options (the
+    same ``DIR/eval/<tag>/``, whose ``.lock`` it holds) runs."""
     workdir = os.path.abspath(os.fspath(workdir))
     cfg_dict, step = _check_workdir(workdir, step)
     opts = _Options(
@@ -805,46 +810,51 @@ def evaluate_workdir(
 
     from tqdm.auto import tqdm
 
-    all_records: dict[str, dict[int, dict]] = {}
-    for m in opts.metrics:
-        path = os.path.join(eval_dir, file_names[m])
-        header = dict(metric=m, checkpoint_step=step, ema=ema, seed=opts.seed, batch_size=B, data=test.info,
-                      n_examples=N, n_batches=n_batches, dequantization=deq_of[m], tol=opts.tol,
-                      n_probes=opts.n_probes, divergence=ev.divergence, bound_draws=opts.bound_draws,
-                      vlb_draws=opts.vlb_draws, vlb_t=opts.vlb_t, schema=SCHEMA)
-        bf = BatchFile(path, header)
-        old = bf.records()
-        done = {}
-        for b in range(n_batches):
-            start, stop, _ = ev.rows(b)
-            r = old.get(b)
-            if (r is not None and r.get("start") == start and r.get("stop") == stop
-                    and len(r.get("nats", ())) == stop - start):
-                done[b] = r
-        if done:
-            log(f"{m}: {len(done)} of {n_batches} batches already done in {path}; skipping them (resumed).")
-        bar = tqdm(total=n_batches, initial=len(done), desc=f"eval {m}", unit="batch", dynamic_ncols=True,
-                   file=sys.stderr, disable=not progress)
-        for b in range(n_batches):
-            if b in done:
-                continue
-            t0 = time.perf_counter()
-            result = compute[m](b)
-            start, stop, _ = ev.rows(b)
-            rec = _record(b, start, stop, result, time.perf_counter() - t0, n_dev)
-            bf.append(rec)
-            done[b] = rec
-            bar.update(1)
-        bar.close()
-        all_records[m] = done
+    # one evaluation per set of options at a time: two would append the same batches to one file
+    os.makedirs(eval_dir, exist_ok=True)
+    with lock_directory(eval_dir, LOCK_NAME, what="evaluation (python -m training eval)",
+                        fix="wait for it to end (finished batches are kept, and a rerun with the same options "
+                            "reuses them), or evaluate with other options (--seed, --batch-size)."):
+        all_records: dict[str, dict[int, dict]] = {}
+        for m in opts.metrics:
+            path = os.path.join(eval_dir, file_names[m])
+            header = dict(metric=m, checkpoint_step=step, ema=ema, seed=opts.seed, batch_size=B, data=test.info,
+                          n_examples=N, n_batches=n_batches, dequantization=deq_of[m], tol=opts.tol,
+                          n_probes=opts.n_probes, divergence=ev.divergence, bound_draws=opts.bound_draws,
+                          vlb_draws=opts.vlb_draws, vlb_t=opts.vlb_t, schema=SCHEMA)
+            bf = BatchFile(path, header)
+            old = bf.records()
+            done = {}
+            for b in range(n_batches):
+                start, stop, _ = ev.rows(b)
+                r = old.get(b)
+                if (r is not None and r.get("start") == start and r.get("stop") == stop
+                        and len(r.get("nats", ())) == stop - start):
+                    done[b] = r
+            if done:
+                log(f"{m}: {len(done)} of {n_batches} batches already done in {path}; skipping them (resumed).")
+            bar = tqdm(total=n_batches, initial=len(done), desc=f"eval {m}", unit="batch", dynamic_ncols=True,
+                       file=sys.stderr, disable=not progress)
+            for b in range(n_batches):
+                if b in done:
+                    continue
+                t0 = time.perf_counter()
+                result = compute[m](b)
+                start, stop, _ = ev.rows(b)
+                rec = _record(b, start, stop, result, time.perf_counter() - t0, n_dev)
+                bf.append(rec)
+                done[b] = rec
+                bar.update(1)
+            bar.close()
+            all_records[m] = done
 
-    summary = _summarise(all_records, test, opts, ev, step, ema, workdir, cfg, sde, n_dev, deq_of,
-                         {m: os.path.join(eval_dir, file_names[m]) for m in opts.metrics}, n_batches)
-    summary["wall_time_s"] = round(time.time() - t_start, 3)
-    path = os.path.abspath(out) if out else summary_path(workdir, step, deq_label.split("-")[0], ema)
-    summary["summary_path"] = path
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    write_atomic(path, json.dumps(summary, indent=2, allow_nan=True))
+        summary = _summarise(all_records, test, opts, ev, step, ema, workdir, cfg, sde, n_dev, deq_of,
+                             {m: os.path.join(eval_dir, file_names[m]) for m in opts.metrics}, n_batches)
+        summary["wall_time_s"] = round(time.time() - t_start, 3)
+        path = os.path.abspath(out) if out else summary_path(workdir, step, deq_label.split("-")[0], ema)
+        summary["summary_path"] = path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        write_atomic(path, json.dumps(summary, indent=2, allow_nan=True))
     return summary
 
 

@@ -47,7 +47,6 @@ functions (:func:`check_finite_samples`); the image functions take only raw uint
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import typing
@@ -66,6 +65,7 @@ from numerics.bounds import EpsOffsetBound
 from numerics.bounds import eps_offset_bound as assemble_bound
 from numerics.losses import dsm_loss_terms, time_weight
 from numerics.sde import SDE
+from training.fileio import read_json
 
 __all__ = [
     "Estimate",
@@ -391,8 +391,9 @@ class WorkdirError(FileNotFoundError):
 
 def locate_checkpoint(workdir: str | os.PathLike, step: int | None = None) -> tuple[dict, int]:
     """(config dict, checkpoint step) of a training work directory: ``step``, or the latest if None.
-    Raises :class:`WorkdirError` when the directory, its ``config.json`` or the checkpoint is missing
-    (shared by load_model and the eval/sample command lines)."""
+    Raises :class:`WorkdirError` when the directory or the checkpoint is missing, or ``config.json`` is
+    missing or cannot be read as JSON (training.fileio.read_json: empty, cut off, not UTF-8, no access)
+    (shared by load_model and the eval/sample/dequant command lines)."""
     workdir = os.fspath(workdir)
     if not os.path.isdir(workdir):
         raise WorkdirError(
@@ -405,11 +406,8 @@ def locate_checkpoint(workdir: str | os.PathLike, step: int | None = None) -> tu
             f"--workdir {workdir} has no config.json, so it is not a training work directory; pass the --workdir "
             "of a training run (python -m training train writes config.json there)."
         )
-    try:
-        with open(cfg_path) as f:
-            cfg_dict = json.load(f)
-    except json.JSONDecodeError as e:
-        raise WorkdirError(f"--workdir {workdir}: config.json is not valid JSON ({e}); restore it from the training run.") from e
+    cfg_dict = read_json(cfg_path, error=WorkdirError,
+                         fix="restore it from the training run, or pass the --workdir of another training run.")
     ck_dir = os.path.join(workdir, "checkpoints")
     steps = checkpoint_steps(workdir) if os.path.isdir(ck_dir) else []
     if not steps:

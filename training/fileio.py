@@ -9,15 +9,31 @@ nothing already written:
   cut short: :func:`drop_partial_last_line` removes it before appending again, and
   :func:`read_json_lines` leaves it out, while a malformed line elsewhere is damage and raises a
   ``ValueError`` naming the file and the line.
+* :func:`read_json` — the one reader of a whole-file JSON document (a work directory's
+  ``config.json``, the dequantiser's ``config.json``): an unreadable, empty, cut-off or non-UTF-8
+  file raises an error (of the caller's type) naming the file, the cause and the fix.
+* :func:`lock_directory` — an advisory, non-blocking lock (``fcntl.flock``) on a file in a work
+  directory, held while one writer (a trainer, a dequantiser run) works there; the operating system
+  releases it when the process ends, however it ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import socket
+import threading
+from collections.abc import Iterator
 
-__all__ = ["write_atomic", "fsync_dir", "complete_lines_end", "drop_partial_last_line", "read_json_lines"]
+try:
+    import fcntl
+except ImportError:  # not on Windows: no lock there (see lock_directory)
+    fcntl = None
+
+__all__ = ["write_atomic", "fsync_dir", "complete_lines_end", "drop_partial_last_line", "read_json_lines",
+           "read_json", "DirectoryBusyError", "lock_directory"]
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -95,3 +111,81 @@ def read_json_lines(path: str | os.PathLike, *, fix: str) -> list[dict]:
             raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(rec).__name__}; {fix}")
         records.append(rec)
     return records
+
+
+def read_json(path: str | os.PathLike, *, fix: str, error: type[Exception] = ValueError):
+    """The JSON document in the file ``path``. A file that cannot be read (no access, a folder) or is
+    not JSON (empty, cut off by a kill or a full disk, not UTF-8) raises ``error`` with the message
+    ``"<path> cannot be read as JSON (<cause>); <fix>"``; ``fix`` says what the user should do."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (ValueError, OSError) as e:  # JSONDecodeError, UnicodeDecodeError, PermissionError, ...
+        raise error(f"{path} cannot be read as JSON ({type(e).__name__}: {e}); {fix}") from e
+
+
+class DirectoryBusyError(RuntimeError):
+    """Another process holds the lock of a work directory (:func:`lock_directory`)."""
+
+
+_held: set[str] = set()  # the lock files this process holds (lock_directory is re-entrant)
+_held_guard = threading.Lock()
+
+
+def _try_flock(fd: int) -> bool | None:
+    """Take the exclusive lock of the open file ``fd`` without waiting: True if taken, False if
+    another process holds it, None if the file system cannot lock (e.g. ENOLCK, EOPNOTSUPP)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        return False if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK) else None
+    return True
+
+
+def _holder_of(fd: int) -> str:
+    """What the lock file says about its holder ("pid 123 on host h: what"), or "" if it says nothing."""
+    with contextlib.suppress(OSError):
+        return os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    return ""
+
+
+@contextlib.contextmanager
+def lock_directory(directory: str | os.PathLike, name: str, *, what: str, fix: str) -> Iterator[str | None]:
+    """Hold an exclusive advisory lock on ``<directory>/<name>`` (``fcntl.flock``, non-blocking) while
+    the block runs; yields the lock file's path (None where no lock could be taken, see below).
+
+    The lock file records its holder ("pid N on host H: ``what``"). If another process holds the
+    lock, :class:`DirectoryBusyError` names the directory, that holder and ``fix``. The lock belongs
+    to the open file, so the operating system releases it when the process ends, even by SIGKILL;
+    the file itself stays (deleting it would let two processes lock two different files). Re-entrant
+    within one process: a nested ``lock_directory`` of the same file (a save inside a locked run)
+    passes. Where there is no ``fcntl`` (Windows), or the file system cannot ``flock``, the block
+    runs without a lock."""
+    path = os.path.join(os.path.abspath(os.fspath(directory)), name)
+    key = os.path.realpath(path)
+    with _held_guard:
+        nested = key in _held
+    if nested or fcntl is None:
+        yield path if nested else None
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        taken = _try_flock(fd)
+        if taken is False:
+            holder = _holder_of(fd) or "its holder did not record itself"
+            raise DirectoryBusyError(f"{os.path.dirname(path)} is in use by another process ({holder}; lock file "
+                                     f"{path}); {fix}")
+        if taken:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}: {what}\n".encode(), 0)
+            with _held_guard:
+                _held.add(key)
+        try:
+            yield path if taken else None
+        finally:
+            with _held_guard:
+                _held.discard(key)
+    finally:
+        os.close(fd)  # releases the lock
+

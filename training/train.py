@@ -15,6 +15,7 @@ of (seed, step), so a run resumed from a checkpoint reproduces an uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, Int, PRNGKeyArray, PyTree
 
@@ -36,7 +38,7 @@ from training import sharding as shd
 from training.checkpoint import Checkpointer
 from training.configs import Config, config_to_dict, config_to_json, validate
 from training.data import event_shape_of, make_stream
-from training.fileio import write_atomic
+from training.fileio import DirectoryBusyError, lock_directory, read_json, write_atomic
 from training.metrics import MetricsWriter, all_finite
 from training.networks import DDPMpp, FlatMLPScoreNet, MLPScoreNet
 from training.objectives import ScheduledNet, make_objective, uses_discrete_data
@@ -273,16 +275,11 @@ def _differences(saved: dict, given: dict) -> list[str]:
 
 def _read_run_config(path: str, *, fix: str) -> Config:
     """The config saved in ``path`` (a work directory's config.json), checked by
-    training.evaluate.config_from_dict; a file that is not valid JSON raises a ValueError naming it and
-    ending with ``fix``."""
+    training.evaluate.config_from_dict; a file that cannot be read as JSON raises a ValueError naming it and
+    ending with ``fix`` (training.fileio.read_json)."""
     from training.evaluate import config_from_dict
 
-    try:
-        with open(path, "rb") as f:
-            d = json.load(f)
-    except (ValueError, OSError) as e:  # JSONDecodeError (an empty or cut-off file), UnicodeDecodeError, no access
-        raise ValueError(f"{path} cannot be read as JSON ({type(e).__name__}: {e}); {fix}") from e
-    return config_from_dict(d, source=path)
+    return config_from_dict(read_json(path, fix=fix), source=path)
 
 
 def _check_resume_config(cfg: Config, cfg_path: str, latest: int, ckpt_dir: str) -> None:
@@ -303,6 +300,9 @@ def _check_resume_config(cfg: Config, cfg_path: str, latest: int, ckpt_dir: str)
 
 
 class _SigtermFlag:
+    """Sets ``hit`` when this process receives SIGTERM (while the block runs, in the main thread).
+    Each process of a multi-host run has its own flag: act on :func:`_any_process` of it."""
+
     def __init__(self):
         self.hit = False
         self._old = None
@@ -320,6 +320,21 @@ class _SigtermFlag:
     def __exit__(self, *exc):
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+
+
+def _any_process(flag: bool) -> bool:
+    """True if ``flag`` is true on any process of the run. Every process must call it at the same
+    point: with more than one process it is a collective (an all-gather of one number per process,
+    jax.experimental.multihost_utils.process_allgather); with one it is ``flag`` itself, at no cost.
+
+    The training loop asks it whether any process got SIGTERM, so that all processes save (orbax's
+    save is collective) and stop at the same step; a decision on the local flag alone could make
+    one process wait forever in a save the others never start."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))))
 
 
 def _check_finite(step: int, metrics: dict, ckpt: Checkpointer) -> None:
@@ -345,15 +360,52 @@ def _check_finite(step: int, metrics: dict, ckpt: Checkpointer) -> None:
     )
 
 
+SIGTERM_POLL_STEPS = 10  # multi-process runs: steps between agreements on SIGTERM (one process: every step)
+LOCK_NAME = ".train.lock"  # in the work directory: held by process 0 of the trainer using it
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+    """Hold ``<workdir>/.train.lock`` (training.fileio.lock_directory) while the block runs, on
+    process 0 only: the hosts of a multi-host run share the work directory. If another trainer holds
+    it, every process raises :class:`training.fileio.DirectoryBusyError` (process 0 naming the
+    holder), before anything in the work directory is touched."""
+    fix = ("wait for that run to end, or stop it (SIGTERM saves a checkpoint) and continue it with --resume; "
+           "or train in another --workdir.")
+    with contextlib.ExitStack() as stack:
+        busy = None
+        if jax.process_index() == 0:
+            try:
+                stack.enter_context(lock_directory(workdir, LOCK_NAME, what="training", fix=fix))
+            except DirectoryBusyError as e:
+                busy = e
+        if _any_process(busy is not None):
+            raise busy or DirectoryBusyError(f"{workdir} is in use by another trainer (process 0 could not take its "
+                                             f"lock {os.path.join(workdir, LOCK_NAME)}); {fix}")
+        yield
+
+
 def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=print) -> RunResult:
     """Run (or continue) training as configured; see the module docstring. ``cfg`` is checked by
     :func:`training.configs.validate` first. Every step's loss, gradient norm and updated state are
-    checked finite before that state may be saved (:class:`NonFiniteLossError` otherwise)."""
+    checked finite before that state may be saved (:class:`NonFiniteLossError` otherwise).
+
+    One trainer at a time per work directory: the run holds the lock ``<workdir>/.train.lock``
+    (:func:`_workdir_lock`), and a second trainer there raises
+    :class:`training.fileio.DirectoryBusyError` naming the process that trains there. Readers
+    (evaluation, sampling, the dequantiser) do not take it."""
     validate(cfg)
     shd.maybe_initialize_distributed(cfg.distributed)
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
+    with _workdir_lock(workdir):
+        return _train_locked(cfg, workdir, resume=resume, log=log)
+
+
+def _train_locked(cfg: Config, workdir: str, *, resume: bool, log) -> RunResult:
+    """The body of :func:`train`, run under the work directory's lock."""
     is_main = jax.process_index() == 0
+    n_proc = jax.process_count()
     mesh = shd.make_mesh()
     n_dev = mesh.devices.size
     B = int(cfg.train.batch_size)
@@ -413,8 +465,14 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
             done = step + 1
             if pbar is not None:
                 pbar.update(1)
-            must_save = (done % cfg.train.ckpt_every == 0) or sig.hit or done == cfg.train.num_steps
+            # the same answer on every process, so all save and stop together; with several processes
+            # this is a collective that waits for the step just dispatched, so it is asked every
+            # SIGTERM_POLL_STEPS steps (and where the loop syncs anyway), not every step
             must_log = done % cfg.train.log_every == 0 or done == cfg.train.num_steps
+            scheduled_save = done % cfg.train.ckpt_every == 0 or done == cfg.train.num_steps
+            poll = n_proc == 1 or must_log or scheduled_save or done % SIGTERM_POLL_STEPS == 0
+            stop = _any_process(sig.hit) if poll else False
+            must_save = scheduled_save or stop
             if must_save or must_log:
                 _check_finite(*pending, ckpt)
                 loss_sum += float(pending[1]["loss"])
@@ -432,9 +490,9 @@ def train(cfg: Config, workdir: str | os.PathLike, *, resume: bool = False, log=
                     pbar.set_postfix(loss=f"{rec['loss_window_mean']:.4g}", lr=f"{rec['lr']:.2e}")
                 t_window, n_window, loss_sum = now, 0, 0.0
             if must_save:
-                if ckpt.save(done, state, force=sig.hit or done == cfg.train.num_steps):
+                if ckpt.save(done, state, force=stop or done == cfg.train.num_steps):
                     last_saved = done
-            if sig.hit:
+            if stop:
                 ckpt.wait()
                 stopped = True
                 if is_main:
