@@ -18,7 +18,7 @@ Symbolic (exact sympy zero checks, :func:`identities`):
   unless s_θ is the SDE model's own score at (almost) every t (strict for a wrong model); and
   KL(q_ε‖p_ε^ODE) = KL(q_T‖π) + J_ODE (Lu's (3.1)), J_ODE − J_SM = J_Diff (no sign).
 * **Grönwall growth factor** (THEORY §3.3): with K(t) ≤ 1/σ_t² the rate a = ½(g²K + 2f) is at most
-  a_σ = ½ g²/σ² + f = −d log σ_t/dt (Eq. 1.1), so exp(∫_t^τ a_σ) = exp(½(γ(τ) − γ(t)) + ∫_t^τ f)
+  a_σ = ½ g²/σ² + f = d log σ_t/dt (as d log σ²/dt = 2f + g²/σ², THEORY §1.1), so exp(∫_t^τ a_σ) = exp(½(γ(τ) − γ(t)) + ∫_t^τ f)
   = σ_τ/σ_t, and the universal bound reads
 
       √D_F(q_t‖p_t^ODE) ≤ (σ_T/σ_t) √D_F(q_T‖π) + ½∫_t^T g(τ)² ρ(τ) (σ_τ/σ_t) dτ,
@@ -157,13 +157,13 @@ def identities() -> dict[str, sp.Expr]:
         I["J_ODE"] ** 2 - I["J_SM"] * I["J_Fisher"] + (g2 / 2) ** 2 * (A1 * B2 - A2 * B1) ** 2 * v
     )
     # Grönwall: the exact-Gaussian K = 1/v is ≤ 1/σ² (any data: THEORY §3.3); the universal rate
-    # a_σ = ½ g²/σ² + f equals −d log σ_t/dt, so exp(∫_t^τ a_σ) = σ_τ/σ_t.
+    # a_σ = ½ g²/σ² + f equals +d log σ_t/dt, so exp(∫_t^τ a_σ) = σ_τ/σ_t.
     al, s2d, sig2 = sp.symbols("alpha s2 sigma2", positive=True)
     vv = al**2 * s2d + sig2
     out["gronwall/K_gaussian_le_inverse_sigma2"] = 1 / sig2 - 1 / vv - al**2 * s2d / (sig2 * vv)
     gk = _sde.generic_kernel()  # α = e^F, σ² = e^{2F} G, γ = log G
-    out["gronwall/universal_rate_is_minus_dlog_sigma"] = (
-        gk["g2"] / gk["sigma2"] / 2 + gk["f"] + sp.diff(sp.log(gk["sigma2"]), _sde.t) / 2 * -1
+    out["gronwall/universal_rate_is_dlog_sigma"] = (
+        gk["g2"] / gk["sigma2"] / 2 + gk["f"] - sp.diff(sp.log(gk["sigma2"]), _sde.t) / 2
     )
     tau = sp.Symbol("tau", positive=True)
     gamma = -gk["log_snr"]
