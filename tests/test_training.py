@@ -516,6 +516,30 @@ def test_cifar_config_without_data_dir_is_a_clear_error(tmp_path):
         train(cfg, tmp_path)
 
 
+def test_digits_presets_train_on_1500_and_hold_out_297(without_jaxtyping):
+    """load_digits' "train" and "test" splits partition the 1797 digits (the last 297 held out, every class
+    present in both); the digits stream of a preset (data.split = "train") only ever indexes training images,
+    and eval's default test set is the held-out split."""
+    from training.configs import get_config
+    from training.eval_run import load_test_set
+
+    every, tr, te = (tdata.load_digits(s) for s in ("all", "train", "test"))
+    assert len(tr) == 1500 and len(te) == tdata.DIGITS_TEST_SIZE == 297
+    np.testing.assert_array_equal(np.concatenate([tr.images, te.images]), every.images)
+    np.testing.assert_array_equal(np.concatenate([tr.labels, te.labels]), every.labels)
+    assert np.bincount(te.labels).min() >= 25 and np.bincount(tr.labels).min() >= 140
+    cfg = get_config("digits")
+    stream = tdata.make_stream(cfg.data, 128, seed=0)
+    assert len(stream.dataset) == 1500
+    np.testing.assert_array_equal(stream.dataset.images, tr.images)
+    test = load_test_set(cfg)
+    np.testing.assert_array_equal(test.examples, te.images)
+    assert test.info["split"] == "test" and test.info["held_out"] and test.tag == "digits-test"
+    np.testing.assert_array_equal(load_test_set(cfg, split="train").examples, tr.images)
+    with pytest.raises(ValueError, match="split must be 'train', 'test' or 'all'"):
+        tdata.load_digits("valid")
+
+
 def test_digits_quantisation_and_dequantisation():
     ds = tdata.load_digits()
     assert ds.images.shape == (1797, 1, 8, 8) and ds.images.dtype == np.uint8

@@ -128,8 +128,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     """Data: ``mixture`` (samples of a named numerics mixture), ``digits`` (embedded 8×8 set),
-    ``cifar10`` (official python archive at ``data_dir``). Images are uniformly dequantized,
-    (k + u)/256, and centred to [−1, 1] when ``centered``."""
+    ``cifar10`` (official python archive at ``data_dir``). ``split``: the images trained on (digits:
+    "train" = the first 1500, "test" = the 297 held out; training.data.load_digits). Images are
+    uniformly dequantized, (k + u)/256, and centred to [−1, 1] when ``centered``."""
 
     name: Literal["mixture", "digits", "cifar10"] = "mixture"
     mixture: str = "three_blobs_2d"

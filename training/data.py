@@ -18,6 +18,7 @@ import os
 import pickle
 import tarfile
 import zlib
+from typing import Literal
 from dataclasses import dataclass
 from importlib import resources
 
@@ -186,17 +187,26 @@ def quantise_digits(v: np.ndarray) -> np.ndarray:
     return np.floor(v.astype(np.float64) * 255.0 / 16.0 + 0.5).astype(np.uint8)
 
 
-def load_digits() -> ImageDataset:
-    """The 1797 8×8 handwritten digits shipped in ``training/assets/digits.npz`` as (N, 1, 8, 8) uint8.
+DIGITS_TEST_SIZE = 297  # the last 297 of the 1797 digits are held out: 1500 to train on
+
+
+def load_digits(split: Literal["train", "test", "all"] = "all") -> ImageDataset:
+    """The 8×8 handwritten digits shipped in ``training/assets/digits.npz`` as (N, 1, 8, 8) uint8:
+    ``"train"`` the first 1500 (what the digits presets train on), ``"test"`` the last
+    :data:`DIGITS_TEST_SIZE` = 297 (held out: what ``eval`` and the figures measure on), ``"all"``
+    the 1797 in file order.
 
     Origin: the UCI "Optical Recognition of Handwritten Digits" test set (Alpaydin & Kaynak 1998),
     as bundled with scikit-learn (``sklearn/datasets/data/digits.csv.gz``), licence CC BY 4.0.
     Stored as the original 0..16 values; :func:`quantise_digits` maps them to 8 bits.
     """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all' for the digits; got {split!r}.")
     with resources.files("training.assets").joinpath("digits.npz").open("rb") as f:
         z = np.load(f)
         raw, labels = z["images_0_16"], z["labels"]
-    return ImageDataset(quantise_digits(raw)[:, None, :, :], labels.astype(np.int64))
+    rows = {"all": slice(None), "train": slice(None, -DIGITS_TEST_SIZE), "test": slice(-DIGITS_TEST_SIZE, None)}[split]
+    return ImageDataset(quantise_digits(raw[rows])[:, None, :, :], labels[rows].astype(np.int64))
 
 
 def check_pixels(k, name: str = "images_uint8"):
@@ -365,7 +375,7 @@ def make_stream(data_cfg, global_batch: int, seed: int, process_index: int = 0, 
     if data_cfg.name == "mixture":
         return MixtureStream(data_cfg.mixture)
     if data_cfg.name == "digits":
-        ds = load_digits()
+        ds = load_digits(data_cfg.split)
     elif data_cfg.name == "cifar10":
         if not data_cfg.data_dir:
             raise ValueError("CIFAR-10 needs a data path: pass --data-dir DIR (the folder holding cifar-10-python.tar.gz).")

@@ -801,7 +801,7 @@ def _images_of(cfg, data_dir: str | None) -> np.ndarray:
 
     name = cfg.data.name
     if name == "digits":
-        return load_digits().images
+        return load_digits(cfg.data.split).images  # the images the score model was trained on, as for CIFAR-10
     if name == "cifar10":
         path = data_dir or cfg.data.data_dir
         if not path:

@@ -10,8 +10,8 @@ Usage::
         [--num-examples 4096] [--data-seed 0] [--data-dir DIR] [--split test] [--out FILE]
 
 **Test set** (from ``DIR/config.json``, ``data``): ``cifar10`` is the test split of the archive at
-``--data-dir`` (default ``data.data_dir``); ``digits`` is the embedded 8×8 set (the set the model
-was trained on: it has no held-out split); ``mixture`` is ``--num-examples`` fresh samples of the
+``--data-dir`` (default ``data.data_dir``); ``digits`` the 297 embedded 8×8 digits held out from
+training (``--split train``: the 1500 the presets train on); ``mixture`` is ``--num-examples`` fresh samples of the
 mixture from the key ``fold_in(key(--data-seed), 0x7E57)``, independent of ``--seed`` and of the
 training samples. ``--limit N`` keeps the first N examples.
 
@@ -149,7 +149,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-examples", type=int, default=4096, help="mixture data: number of fresh test samples")
     p.add_argument("--data-seed", type=int, default=0, help="mixture data: seed of the test samples")
     p.add_argument("--data-dir", default=None, help="CIFAR-10: the archive or folder (default: data.data_dir of config.json)")
-    p.add_argument("--split", choices=("test", "train"), default="test", help="CIFAR-10 split to evaluate")
+    p.add_argument("--split", choices=("test", "train"), default="test",
+                   help="split to evaluate: CIFAR-10's test or train set; digits: the 297 held-out or the 1500 "
+                        "training images (mixtures: fresh samples, no split)")
     p.add_argument("--out", default=None, help="summary JSON path (default DIR/eval_step<step>_<dequant>.json)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
 
@@ -269,9 +271,11 @@ def load_test_set(cfg, *, limit: int | None = None, num_examples: int = 4096, da
                     sampling=f"mixture.sample(fold_in(key({data_seed}), {TEST_SET_FOLD:#x}), {num_examples})")
         return TestSet("continuous", x, q, info, f"mixture-{cfg.data.mixture}-n{num_examples}-ds{data_seed}")
     if name == "digits":
-        ds = load_digits()
-        info = dict(name="digits", split="all (the embedded set; the model was trained on it: no held-out split)")
-        tag = "digits"
+        ds = load_digits(split)
+        info = dict(name="digits", split=split, held_out=split == "test",
+                    note="the embedded 8x8 digits: the presets train on the first 1500 ('train'), the last 297 are "
+                         "held out ('test'; training.data.load_digits)")
+        tag = f"digits-{split}"
     elif name == "cifar10":
         path = data_dir or cfg.data.data_dir
         if not path:
