@@ -3,7 +3,8 @@
 A figure module defines:
 
 * ``NAME`` (the ``--only`` key), ``TITLE``, ``PAPER`` (paper and equation it illustrates), and
-  ``CAPTION`` (two sentences for REPORT.md: what is shown, which theorem and equation);
+  ``CAPTION`` (two sentences for REPORT.md: what is shown, which theorem and equation; it may hold
+  ``{fields}`` for the sizes a run used, which ``make`` fills in as ``FigureOutput.caption``);
 * ``make(ctx: Context) -> FigureOutput``: computes through the numerics and training APIs (never a
   formula of its own), draws with matplotlib, and saves PNG and PDF with :func:`Context.save`.
 

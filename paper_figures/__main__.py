@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.perf_counter() - t0
         png = [p for p in res.files if p.suffix == ".png"]
         body = [f"## {m.TITLE}", "", f"*{m.PAPER}* — `{m.NAME}`, {dt:.1f} s", ""]
-        body += [f"![{m.NAME}]({p.name})" for p in png] + ["", m.CAPTION, ""]
+        body += [f"![{m.NAME}]({p.name})" for p in png] + ["", res.caption or m.CAPTION, ""]
         body += res.report_lines
         sections.append("\n".join(body) + "\n")
         summaries[m.NAME] = res.summary

@@ -1,7 +1,7 @@
 """Figure 3 — importance sampling of t (Song et al. 2021, §5; THEORY.md §2.6).
 
 Left: the integrand of the likelihood-weighted DSM objective, ½ g(t)² E‖s(x_t, t) + ε/σ_t‖², over t,
-for the exact score and for a wrong model, beside the importance density p(t) ∝ g²/σ². Right: the
+for the exact score and for a wrong model, beside the importance density p(t) ∝ g²/σ² (own axis). Right: the
 per-example variance of the unbiased J_DSM estimators with uniform t and with t ~ p(t); both estimate
 the same value (shown with its standard error).
 """
@@ -68,12 +68,19 @@ def make(ctx: Context) -> FigureOutput:
             ax2.text(xpos, var * 1.15, f"{mean:.3f}\n± {err:.3f}", ha="center", va="bottom", fontsize=8)
             summary[f"var_{'uniform' if w == 'g2' else 'is'}_{'exact' if label == 'exact score' else 'wrong'}"] = float(var)
             lines.append(f"| {label} | {name} | {mean:.4f} ± {err:.4f} | {var:.4g} |")
-    p_is = np.asarray(sde.diffusion_sq(t_grid) / sde.variance(t_grid)) / float(sde.importance_normaliser())
-    ax1.loglog(t_grid, p_is, "k--", label="IS density p(t) ∝ g²/σ²")
+    # p(t) = g²/σ² / Z = −(d log SNR/dt) / Z (numerics.sde, THEORY.md Eq. 1.1): a density in 1/unit t, on its own axis.
+    p_is = -np.asarray(sde.log_snr_derivative(jnp.asarray(t_grid))) / float(sde.importance_normaliser())
+    ax1b = ax1.twinx()
+    ax1b.loglog(t_grid, p_is, "k--", label="IS density p(t) ∝ g²/σ² (right axis)")
+    ax1b.set_ylabel("importance density p(t)  (per unit t)")
+    ax1b.spines["right"].set_visible(True)
+    ax1b.grid(False)
     ax1.set_xlabel("diffusion time t")
     ax1.set_ylabel("½ g² E‖s + ε/σ‖²  (nats per unit t)")
     ax1.set_title("DSM integrand (VP SDE, 2-D mixture)")
-    ax1.legend(fontsize=8)
+    h1, l1 = ax1.get_legend_handles_labels()
+    h2, l2 = ax1b.get_legend_handles_labels()
+    ax1.legend(h1 + h2, l1 + l2, fontsize=8)
     ax2.set_yscale("log")
     ax2.set_xticks([0.5, 3.0], ["exact score", "wrong model"])
     ax2.set_ylabel("per-example variance of the estimator (nats²)")

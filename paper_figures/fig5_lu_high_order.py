@@ -39,8 +39,9 @@ CAPTION = (
     "second- and third-order DSM objectives (THEORY.md §3.5–3.7, Lu et al. §4): the left panel compares the "
     "probability-flow ODE densities with q_0 and gives each model's NLL, the right panels the first-, second- and "
     "third-order score errors over t that bound KL(q_0 ‖ p^ODE) through the Fisher-divergence dynamics (§3.3). "
-    "The fine-tuned models are compared with first-order training continued for the same steps; runs are a "
-    "few thousand CPU steps (Lu et al. train 100k), so the NLL gains are small."
+    "The fine-tuned models are compared with first-order training continued for the same steps; runs are "
+    "{n1} first-order CPU steps at batch {batch} and {n_ft} more steps of each objective (Lu et al. train 100k), "
+    "so the NLL gains are small."
 )
 
 F32 = jnp.float32
@@ -161,4 +162,5 @@ def make(ctx: Context) -> FigureOutput:
     lines += ["", f"VP SDE, t_min = 1e-5; batch {batch}; first order {n1} steps, then {n_ft} steps of each objective "
               "from that model (presets lu_mog1d_first/second/third; paired draws); "
               f"NLL on {n_test} test samples; score errors on {n_mc} samples of q_t per t."]
-    return FigureOutput(files=ctx.save(fig, "fig5_lu_high_order"), summary=summary, report_lines=lines)
+    return FigureOutput(files=ctx.save(fig, "fig5_lu_high_order"), summary=summary, report_lines=lines,
+                        caption=CAPTION.format(n1=n1, n_ft=n_ft, batch=batch))

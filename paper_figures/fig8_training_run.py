@@ -3,9 +3,12 @@
 Reads a training work directory (``--workdir``; else the λ = g² + IS mixture run that figure 7
 trained in this session, else a short mixture2d run trained into ``<out>/run``): the weighted DSM
 loss of metrics.jsonl (an unbiased estimate of J_DSM(θ; g²), Song et al. 2021 Eq. 7) with its
-batch standard error; the NLL (mixture: probability-flow ODE NLL in nats; images: the ε-offset
-bound in bits/dim at every checkpoint and the ODE bits/dim at the last) on a small test batch at
-each saved checkpoint (EMA parameters); and samples of the last checkpoint by the probability-flow
+batch standard error and, for a mixture run, its exact-score floor (the expected loss of the data
+mixture's exact score under the same objective, numerics.losses.dsm_loss, ± SE); the NLL (mixture:
+probability-flow ODE NLL in nats on fresh points of the exact mixture; digits: the ε-offset bound in
+bits/dim at every checkpoint and the ODE bits/dim at the last, on digits held out from training,
+training.data.load_digits("test")) at each saved checkpoint (EMA
+parameters); and samples of the last checkpoint by the probability-flow
 ODE (mixture: scatter over the true density's contours; images: an 8×8 grid).
 """
 
@@ -18,8 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numerics.checks.engine import mc_mean
+from numerics.losses import dsm_loss
 from numerics.sampling import ode_sample
-from paper_figures._common import Context, FigureOutput, plt
+from paper_figures._common import Context, FigureOutput, plt, reduced_ema
+from paper_figures.fig7_table2 import mixture_steps
 from training import evaluate as ev
 from training.configs import get_config
 from training.data import get_mixture, load_digits
@@ -31,10 +37,13 @@ TITLE = "Figure 8: a training run — loss, likelihood at checkpoints, samples"
 PAPER = "Song et al. 2021, Eq. 7 (likelihood-weighted DSM) and §4.3 (ODE likelihood); THEORY.md §2.2, §2.6, §2.9"
 CAPTION = (
     "A likelihood-weighted training run (λ = g² with importance-sampled t): the per-batch DSM loss, an unbiased "
-    "estimate of J_DSM(θ; g²) of Song et al.'s Eq. 7 (with ±1 SE band), falls toward its exact-score floor, and the "
-    "probability-flow ODE NLL of the EMA model (§4.3; exact trace) at the saved checkpoints falls toward the data "
-    "entropy. Samples of the last checkpoint by the probability-flow ODE are drawn over the true density's contours "
-    "(for an image work directory: an 8×8 grid, and bits/dim by Theorem 2's bound with the ε-offset of THEORY.md §2.7)."
+    "estimate of J_DSM(θ; g²) of Song et al.'s Eq. 7 (with ±1 SE band), falls toward its exact-score floor (the same "
+    "objective's expected value at the data mixture's exact score, Monte Carlo, drawn with its ±3 SE band), and the "
+    "probability-flow ODE NLL of the EMA model (§4.3; exact trace) at the saved checkpoints, on fresh draws of the "
+    "mixture, falls toward −log q_0 on the same points. Samples of the last checkpoint by the probability-flow ODE are "
+    "drawn over the true density's contours. The run is {steps} steps{ema_note}. (For a digits work directory: no "
+    "floor, as the data's exact score is unknown; an 8×8 sample grid; and bits/dim by Theorem 2's bound with the "
+    "ε-offset of THEORY.md §2.7 on held-out digits.)"
 )
 
 
@@ -44,18 +53,35 @@ def _workdir(ctx: Context) -> Path:
     runs = ctx.cache.get("table2_runs")
     if runs and "g2_is" in runs:
         return Path(runs["g2_is"])
-    steps = ctx.size(1500, 150)
+    steps = mixture_steps(ctx)  # the size of figure 7's runs, whose λ = g² + IS run this one stands in for
     workdir = ctx.out / "run"
     if workdir.exists():
         shutil.rmtree(workdir)
     cfg = get_config("mixture2d", [f"train.num_steps={steps}", f"train.ckpt_every={steps // 5}", "train.keep=10",
                                    f"train.log_every={max(steps // 30, 10)}", "train.progress=false",
-                                   f"train.seed={ctx.seed}"])
+                                   f"train.seed={ctx.seed}"] + reduced_ema(ctx, steps))
     train(cfg, workdir)
     return workdir
 
 
-def _loss_panel(ax, records):
+def _floor_draws(ctx: Context) -> int:
+    return ctx.size(400_000, 40_000)
+
+
+def _loss_floor(ctx: Context, cfg, sde, q, key) -> tuple[float, float] | None:
+    """(mean, SE) of the training objective of ``cfg`` at the mixture's exact score: the per-example
+    weighted DSM value of training.objectives (numerics.dsm_loss_terms, same weighting, t ~ the same
+    time distribution, t_min = the SDE's) averaged over fresh (x_0, t, ε). None for an objective
+    other than DSM (its floor is not this number)."""
+    if cfg.loss.objective != "dsm" or cfg.sde.name == "vdm":
+        return None
+    n = _floor_draws(ctx)
+    vals = np.asarray(dsm_loss(q.score_fn(sde), sde, q.sample(jax.random.fold_in(key, 0), n), jax.random.fold_in(key, 1),
+                               weighting=cfg.loss.weighting, parameterisation="score", t_min=sde.t_min))
+    return mc_mean(vals)
+
+
+def _loss_panel(ax, records, floor=None):
     steps = np.array([r["step"] for r in records])
     loss = np.array([float(r["loss"]) for r in records])
     se = np.array([float(r.get("loss_se", np.nan)) for r in records])
@@ -63,6 +89,10 @@ def _loss_panel(ax, records):
     ax.fill_between(steps, loss - se, loss + se, color="C0", alpha=0.25, label="± 1 SE (batch)")
     if "loss_window_mean" in records[0]:
         ax.plot(steps, [float(r["loss_window_mean"]) for r in records], "k--", lw=1, label="mean over log window")
+    if floor is not None:
+        m, se = floor
+        ax.axhline(m, color="C2", lw=1.2, label=f"exact-score floor: {m:.3f} ± {se:.3f} (±3 SE band)")
+        ax.axhspan(m - 3 * se, m + 3 * se, color="C2", alpha=0.25)
     ax.set_xlabel("training step")
     ax.set_ylabel("loss = estimate of J_DSM (nats)")
     ax.set_title("Training loss")
@@ -77,24 +107,34 @@ def make(ctx: Context) -> FigureOutput:
     images = cfg.data.name != "mixture"
     key = jax.random.key(ctx.seed + 8)
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4.2))
-    _loss_panel(ax1, records)
+    floor = None if images else _loss_floor(ctx, cfg, sde, get_mixture(cfg.data.mixture), jax.random.fold_in(key, 2))
+    _loss_panel(ax1, records, floor)
     summary = {"workdir_steps": int(steps[-1]), "final_loss": float(records[-1]["loss"])}
-    lines = [f"Work directory: `{workdir.name}` ({cfg.name}, λ = {cfg.loss.weighting}); checkpoints {steps}.", "",
-             "| step | value | SE |", "|---|---|---|"]
+    lines = [f"Work directory: `{workdir.name}` ({cfg.name}, λ = {cfg.loss.weighting}); checkpoints {steps}."]
+    if floor is not None:
+        summary["loss_floor"], summary["loss_floor_se"] = floor
+        last = records[-1]
+        lines.append(f"Loss floor (the objective at the exact score, {_floor_draws(ctx)} draws of (x_0, t, ε)): "
+                     f"{floor[0]:.4f} ± {floor[1]:.4f} nats; last logged batch loss {float(last['loss']):.4f} "
+                     f"± {float(last.get('loss_se', np.nan)):.4f}.")
+    elif not images:
+        lines.append(f"No loss floor drawn: objective {cfg.loss.objective!r} (the floor is computed for DSM only).")
+    lines += ["", "| step | value | SE |", "|---|---|---|"]
     vals, ses = [], []
     if images:
-        test = load_digits().images[-ctx.size(32, 8):] if cfg.data.name == "digits" else None
-        if test is None:
+        digits = load_digits("test").images[:ctx.size(32, 8)] if cfg.data.name == "digits" else None  # held out
+        if digits is None:
             raise ValueError("figure 8 reads mixture and digits work directories only.")
         for s in steps:
             model, *_ = ev.load_model(workdir, s)
-            est = ev.image_bound_bpd(model, sde, test, jax.random.fold_in(key, s), n_draws=ctx.size(8, 2))
+            est = ev.image_bound_bpd(model, sde, digits, jax.random.fold_in(key, s), n_draws=ctx.size(8, 2))
             vals.append(est.mean)
             ses.append(est.se)
-        nll = ev.image_nll_bpd(model, sde, test, jax.random.fold_in(key, 10**6), n_probes=1, rtol=1e-3, atol=1e-3)
+        nll = ev.image_nll_bpd(model, sde, digits, jax.random.fold_in(key, 10**6), n_probes=1, rtol=1e-3, atol=1e-3)
         ax2.errorbar([steps[-1]], [nll.mean], yerr=[3 * nll.se], fmt="s", color="C3", capsize=3,
                      label=f"ODE bits/dim (last): {nll}")
-        ax2.set_ylabel("bits/dim on test images (mean ± 3 SE)")
+        ax2.set_ylabel(f"bits/dim on {digits.shape[0]} held-out digits (mean ± 3 SE)")
+        lines.insert(1, f"Bits/dim on {digits.shape[0]} digits held out from training (training.data.load_digits('test')).")
         label = "ε-offset bound (bits/dim)"
         summary["final_bpd_nll"] = nll.mean
     else:
@@ -107,7 +147,7 @@ def make(ctx: Context) -> FigureOutput:
             vals.append(est.mean)
             ses.append(est.se)
         ax2.axhline(true.mean(), color="k", ls="--", lw=1, label=f"−log q on the same points: {true.mean():.3f}")
-        ax2.set_ylabel("ODE NLL on test points (nats, mean ± 3 SE)")
+        ax2.set_ylabel(f"ODE NLL on {x.shape[0]} fresh mixture points (nats, mean ± 3 SE)")
         label = "probability-flow ODE NLL (EMA)"
         summary["true_nll_test"] = float(true.mean())
     vals, ses = np.array(vals), np.array(ses)
@@ -146,4 +186,8 @@ def make(ctx: Context) -> FigureOutput:
         ax3.set_title("Samples of the last checkpoint")
         ax3.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    return FigureOutput(files=ctx.save(fig, "fig8_training_run"), summary=summary, report_lines=lines)
+    run_steps = int(steps[-1])
+    ema_note = (f" (EMA rate {cfg.optim.ema_rate:g}, lowered for the reduced run so that its EMA is not "
+                "still the initialisation)") if ctx.reduced and ctx.workdir is None else ""
+    caption = CAPTION.format(steps=run_steps, ema_note=ema_note)
+    return FigureOutput(files=ctx.save(fig, "fig8_training_run"), summary=summary, report_lines=lines, caption=caption)

@@ -1,6 +1,7 @@
 """paper_figures: every figure module at reduced size writes non-empty images; the report lists every theorem check."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,62 @@ def test_report_lists_every_figure(reduced_run):
     for name in FIGURES:
         m = load(name)
         assert m.TITLE in report
-        assert m.CAPTION in report
         assert f"{name}.png" in report
+        # a CAPTION may hold {fields} for the sizes the run used (FigureOutput.caption): each fixed part is
+        # in the figure's section, and, unless the caption is used as it stands, no field is left unfilled
+        start = report.index(f"## {m.TITLE}")
+        end = report.find("\n## ", start + 1)
+        section = report[start:] if end < 0 else report[start:end]
+        for part in re.split(r"\{[a-z_0-9]*\}", m.CAPTION):
+            assert part in section, (name, part)
+        if m.CAPTION not in section:
+            unfilled = [f for f in re.findall(r"\{[a-z_0-9]+\}", m.CAPTION) if f in section]
+            assert not unfilled, (name, unfilled)
+
+
+def test_reduced_captions_say_what_was_run(reduced_run):
+    """Reduced-mode captions give the step counts the reduced runs used (not the full-size ones), and
+    the digits are the held-out split (training.data.load_digits("test")), said so."""
+    out, _ = reduced_run
+    report = (out / "REPORT.md").read_text()
+    fig7 = report[report.index("## Figure 7"):report.index("## Figure 8")]
+    assert "60 CPU steps" in fig7 and "2000 CPU steps" not in fig7
+    assert "training digits" not in fig7 and "held-out digits" in fig7
+    assert "150 first-order CPU steps" in report[report.index("## Figure 5"):report.index("## Figure 6")]
+    summary = json.loads((out / "summary.json").read_text())["training_run"]
+    assert summary["loss_floor_se"] > 0 and f"{summary['loss_floor']:.4f} ± {summary['loss_floor_se']:.4f}" in report
+
+
+def test_eps_offset_bound_records_the_bound_se_of_its_own_per_sample_values(monkeypatch):
+    """Figure 1's left panel draws E[bound] ± 3·settings["bound_se"]: that must be the SE of the bound's
+    own per-sample values (not the paired SE of bound − (−log q_0), ``stderr``), and settings["lhs_se"]
+    that of −log q_0 on the same points. The per-sample values are captured where the check computes them."""
+    import numpy as np
+
+    import numerics
+    from numerics.checks import song2021
+    from numerics.checks.cases import data_mixture
+
+    seen = {}
+    original = song2021.eps_offset_bound
+
+    def capture(model, sde, x0, diffusion, eps):
+        out = original(model, sde, x0, diffusion, eps)
+        seen["bound"], seen["x0"] = np.asarray(out.total), np.asarray(x0)
+        return out
+
+    monkeypatch.setattr(song2021, "eps_offset_bound", capture)
+    q, sde, n = data_mixture(), numerics.VPSDE(t_min=1e-3), 256
+    res = song2021.check_eps_offset_bound(q, q.score_fn(sde), sde, seed=3, n_samples=n, n_panels=2, order=6)
+    bound, nll = seen["bound"], -np.asarray(q.log_prob(seen["x0"]))
+    assert bound.shape == (n,) and nll.shape == (n,)
+    se = lambda v: v.std(ddof=1) / np.sqrt(v.size)  # noqa: E731
+    np.testing.assert_allclose(res.rhs, bound.mean(), rtol=1e-12)
+    np.testing.assert_allclose(res.lhs, nll.mean(), rtol=1e-12)
+    np.testing.assert_allclose(res.settings["bound_se"], se(bound), rtol=1e-10)
+    np.testing.assert_allclose(res.settings["lhs_se"], se(nll), rtol=1e-10)
+    np.testing.assert_allclose(res.stderr, se(bound - nll), rtol=1e-10)
+    assert res.settings["bound_se"] != res.stderr
 
 
 def test_list_and_only(tmp_path, capsys, monkeypatch):

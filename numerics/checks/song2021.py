@@ -340,7 +340,8 @@ def check_eps_offset_bound(
     node and no control variate (subtracting the mean-zero ½(‖ε‖² − D)/σ² per node was tried: on
     the report's VP case it raised the per-path SD of the diffusion term, 1.56 → 1.87 nats at the exact
     score); every other term by :func:`numerics.bounds.eps_offset_bound`.
-    lhs and rhs share x ~ q_0 (paired SE).
+    lhs and rhs share x ~ q_0 (paired SE); ``settings["bound_se"]`` and ``settings["lhs_se"]`` are the
+    SEs of E[bound] and of E[−log q_0] alone.
     """
     key = engine.key_from_seed(seed)
     k0, k1, k2 = jax.random.split(key, 3)
@@ -356,6 +357,8 @@ def check_eps_offset_bound(
     bound_i = eps_offset_bound(model, sde, x0, diff_i, eps).total
     nll_i = -q.log_prob(x0)
     lhs, rhs, se = engine.paired(nll_i, bound_i)
+    # SEs of each side alone (``stderr`` is the paired SE of the gap, rhs − lhs)
+    bound_se, nll_se = engine.mc_mean(bound_i)[1], engine.mc_mean(nll_i)[1]
     return engine.inequality(
         "song_eps_offset_bound",
         PAPER,
@@ -364,7 +367,8 @@ def check_eps_offset_bound(
         rhs,
         se,
         settings=dict(sde=type(sde).__name__, D=D, K=q.n_components, n_samples=n_samples, t_eps=t_e,
-                      quad_nodes=grid.n, decoder="Tweedie N(x; m_hat, sigma^2/alpha^2)"),
+                      quad_nodes=grid.n, decoder="Tweedie N(x; m_hat, sigma^2/alpha^2)", bound_se=bound_se,
+                      lhs_se=nll_se),
     )
 
 
