@@ -48,7 +48,9 @@ __all__ = [
     "bits_per_dim",
     "evaluations_per_step",
     "solve_evaluations",
+    "check_rows",
     "check_solves",
+    "finite_rows",
     "check_integer",
     "check_finite_samples",
 ]
@@ -275,11 +277,11 @@ def _solve_body(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_step
         x_T, delta, num_steps, nfe, solved = jax.vmap(one, in_axes=(0, probe_axis, 0))(x, probes, y0[1])
     message = _failure_message(_WHAT, "some", n, max_steps)
     if in_graph:
-        solved = solved & _finite_rows(x_T) & _finite_rows(delta)
+        solved = solved & finite_rows(x_T) & finite_rows(delta)
         x_T, delta = eqx.error_if((x_T, delta), ~solved, message)
     prior = jax.vmap(prior_log_prob)(x_T)
     log_p = prior[:, None] + delta
-    ok = solved & _finite_rows(log_p) & _finite_rows(x_T)
+    ok = solved & finite_rows(log_p) & finite_rows(x_T)
     mean = jnp.mean(log_p, axis=1)
     stderr = jnp.std(log_p, axis=1, ddof=1) / math.sqrt(n_div) if n_div > 1 else jnp.full_like(mean, jnp.nan)
     result = LikelihoodResult(
@@ -293,11 +295,12 @@ def _solve_body(score_fn, sde, prior_log_prob, x, probes, tols, solver, max_step
 _WHAT = "probability-flow ODE likelihood"
 
 
-def _finite_rows(a: Float[Array, "N *rest"]) -> Bool[Array, " N"]:
+def finite_rows(a: Float[Array, "N *rest"]) -> Bool[Array, " N"]:
+    """Whether each sample (row) of ``a`` is finite, NaN and inf anywhere in it counting against it."""
     return jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=1)
 
 
-_non_finite_rows = jax.jit(lambda x: ~_finite_rows(x))
+_non_finite_rows = jax.jit(lambda x: ~finite_rows(x))
 
 
 def _check_finite_rows(x: Float[Array, "N *event"], name: str) -> tuple[Float[Array, "N *event"], bool]:
@@ -328,18 +331,26 @@ def _failure_message(what: str, n_bad: int | str, n: int, max_steps: int) -> str
     )
 
 
-def check_solves(value: Array, ok: Bool[Array, " N"], *, what: str, max_steps: int, n_bad=None) -> Array:
-    """Raise :class:`SolverError` if any per-sample solve failed (``ok`` False); inside a caller's
-    ``jit`` (``ok`` traced), attach the same message to ``value`` with :func:`equinox.error_if`.
-    Shared by every batched adaptive solve of the project (likelihood, ODE sampling). ``n_bad``, the
-    count of failures if the caller computed it on device, saves one dispatch."""
-    n = ok.shape[0]
+def check_rows(value: Array, ok: Bool[Array, " N"], message: Callable[[int | str], str], *, n_bad=None) -> Array:
+    """``value`` unless some sample (row) failed (``ok`` False): then :class:`SolverError` with
+    ``message(k)``, k the number of failures; inside a caller's ``jit`` (``ok`` traced) the message
+    ``message("some")`` is attached to ``value`` with :func:`equinox.error_if`. ``n_bad``, the count
+    if the caller computed it on device, saves one dispatch. Shared by the adaptive solves
+    (:func:`check_solves`) and the fixed-step samplers of :mod:`numerics.sampling`."""
     if isinstance(ok, jax.core.Tracer):
-        return eqx.error_if(value, ~ok, _failure_message(what, "some", n, max_steps))
+        return eqx.error_if(value, ~ok, message("some"))
     n_bad = int(jnp.sum(~ok) if n_bad is None else n_bad)
     if n_bad:
-        raise SolverError(_failure_message(what, n_bad, n, max_steps))
+        raise SolverError(message(n_bad))
     return value
+
+
+def check_solves(value: Array, ok: Bool[Array, " N"], *, what: str, max_steps: int, n_bad=None) -> Array:
+    """:func:`check_rows` for per-sample adaptive solves (``ok`` False: the step limit was reached or a
+    value was not finite), with the message that names ``what`` and ``max_steps``. Shared by every
+    batched adaptive solve of the project (likelihood, ODE sampling)."""
+    n = ok.shape[0]
+    return check_rows(value, ok, lambda k: _failure_message(what, k, n, max_steps), n_bad=n_bad)
 
 
 def check_integer(name: str, value, minimum: int = 1, meaning: str | None = None) -> int:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from numerics.likelihood import SolverError, check_finite_samples, check_integer, check_solves, solve_evaluations
+from numerics.likelihood import check_finite_samples, check_integer, check_rows, check_solves, finite_rows, solve_evaluations
 from numerics.sde import SDE
 
 __all__ = [
@@ -64,23 +64,14 @@ def _check_start(x_T) -> Array:
     return check_finite_samples(x_T, "x_T")
 
 
-def _n_non_finite(x: Array) -> Array:
-    """The number of samples (rows) of ``x`` with a NaN or inf; computed inside the sampler's program."""
-    return jnp.sum(~jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1))
-
-
-def _check_chain(x: Array, n_bad: Array, what: str) -> Array:
-    """``x`` unless a fixed-step sampler's chain left ``n_bad`` > 0 non-finite samples: then a
-    :class:`SolverError` (inside a caller's jit, the same message from :func:`equinox.error_if`).
-    The start was checked finite, so the score (or a step too large for the SDE) produced them."""
-    message = (f"{what} produced non-finite samples (NaN or inf) in {{}} of {x.shape[0]} rows, from a finite x_T: "
-               "the score function returned NaN/inf along the chain, or a step was too coarse for the SDE. "
-               "Check score_fn at small t and near T, or use more n_steps.")
-    if isinstance(n_bad, jax.core.Tracer):
-        return eqx.error_if(x, n_bad > 0, message.format("some"))
-    if n := int(n_bad):
-        raise SolverError(message.format(n))
-    return x
+def _check_chain(x: Array, ok: Array, n_bad: Array, what: str) -> Array:
+    """``x`` unless a fixed-step sampler's chain left non-finite samples (``ok`` False in ``n_bad`` rows):
+    then a :class:`SolverError` (:func:`numerics.likelihood.check_rows`). The start was checked
+    finite, so the score (or a step too large for the SDE) produced them."""
+    return check_rows(x, ok, lambda k: (
+        f"{what} produced non-finite samples (NaN or inf) in {k} of {x.shape[0]} rows, from a finite x_T: "
+        "the score function returned NaN/inf along the chain, or a step was too coarse for the SDE. "
+        "Check score_fn at small t and near T, or use more n_steps."), n_bad=n_bad)
 
 
 def time_grid(sde: SDE, n_steps: int, dtype=None) -> Float[Array, " n"]:
@@ -103,7 +94,8 @@ def _reverse_chain(step: Callable, score_fn, sde, x_T, key, n_steps: int, denois
     inputs = (ts[:-1], ts[1:], jax.random.split(key, n_steps))
     x, _ = jax.lax.scan(lambda x, inp: (step(x, *inp), None), x_T, inputs)
     x = tweedie_denoise(score_fn, sde, x, ts[-1]) if denoise else x
-    return x, _n_non_finite(x)
+    ok = finite_rows(x)  # computed inside the sampler's program
+    return x, ok, jnp.sum(~ok)
 
 
 @eqx.filter_jit
