@@ -199,6 +199,10 @@ class SDE(eqx.Module):
         t0 = self.t_min if t_min is None else t_min
         return self.log_snr(jnp.asarray(t0)) - self.log_snr(jnp.asarray(self.T))
 
+    def importance_pdf(self, t: Time, t_min: float | None = None) -> Float[Array, "*t"]:
+        """The density p(t) = (g²/σ²)/Z = −(d log SNR/dt)/Z on [t_min, T] (THEORY.md Eq. 1.1), per unit t."""
+        return -self.log_snr_derivative(t) / self.importance_normaliser(t_min)
+
     def importance_cdf(self, t: Time, t_min: float | None = None) -> Float[Array, "*t"]:
         """CDF of p(t) ∝ g(t)²/σ_t² on [t_min, T]: (log SNR(t_min) − log SNR(t)) / Z."""
         t0 = self.t_min if t_min is None else t_min

@@ -68,8 +68,8 @@ def make(ctx: Context) -> FigureOutput:
             ax2.text(xpos, var * 1.15, f"{mean:.3f}\n± {err:.3f}", ha="center", va="bottom", fontsize=8)
             summary[f"var_{'uniform' if w == 'g2' else 'is'}_{'exact' if label == 'exact score' else 'wrong'}"] = float(var)
             lines.append(f"| {label} | {name} | {mean:.4f} ± {err:.4f} | {var:.4g} |")
-    # p(t) = g²/σ² / Z = −(d log SNR/dt) / Z (numerics.sde, THEORY.md Eq. 1.1): a density in 1/unit t, on its own axis.
-    p_is = -np.asarray(sde.log_snr_derivative(jnp.asarray(t_grid))) / float(sde.importance_normaliser())
+    # p(t) ∝ g²/σ² (numerics.sde.SDE.importance_pdf): a density in 1/unit t, on its own axis.
+    p_is = np.asarray(sde.importance_pdf(jnp.asarray(t_grid)))
     ax1b = ax1.twinx()
     ax1b.loglog(t_grid, p_is, "k--", label="IS density p(t) ∝ g²/σ² (right axis)")
     ax1b.set_ylabel("importance density p(t)  (per unit t)")

@@ -118,6 +118,7 @@ def test_importance_cdf_vs_quadrature_and_numerics(name, p, e):
         cq = integrate.quad(dens, e, tt, points=[min(10 * e, tt)], limit=200, epsabs=0, epsrel=1e-12)[0] / Zq
         assert fs["importance_cdf"](tt, e, 1.0, *p) == pytest.approx(cq, rel=1e-8)
         assert fs["importance_cdf"](tt, e, 1.0, *p) == pytest.approx(float(n.importance_cdf(tt, e)), rel=1e-9)
+        assert float(n.importance_pdf(tt, e)) == pytest.approx(dens(tt) / Zq, rel=1e-9)
     u = np.array([1e-9, 1e-3, 0.1, 0.5, 0.9, 1 - 1e-9])
     t_inv = fs["importance_inverse_cdf"](u, e, 1.0, *p)
     np.testing.assert_allclose(fs["importance_cdf"](t_inv, e, 1.0, *p), u, rtol=1e-8, atol=1e-12)
