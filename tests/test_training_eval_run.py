@@ -197,7 +197,7 @@ def test_mixture_summary_matches_independent_computations(mix, mix_summary):
     s = mix_summary
     out = s["_screen"]
     assert "true −log q(x)" in out and "wrote " in out and "bound − ode" in out
-    assert s["schema"] == "training.eval_run/1" and s["checkpoint_step"] == 300 and s["parameters"] == "ema"
+    assert s["schema"] == "training.eval_run/2" and s["checkpoint_step"] == 300 and s["parameters"] == "ema"
     assert s["data"]["n"] == N_MIX and s["data"]["dims"] == 2 and s["options"]["divergence"] == "exact"
     r = s["results"]
     x = _test_points(N_MIX)
@@ -326,6 +326,52 @@ def test_a_second_evaluation_with_the_same_options_is_refused_while_the_first_ru
         holder.wait()
     assert main(["eval", "--workdir", mix["workdir"]] + MIX_ARGS) == 0
     assert "skipping them (resumed)" in capsys.readouterr().out
+
+
+def test_stored_batches_are_reused_only_for_the_same_model_and_examples(mix, mix_summary, tmp_path, capsys):
+    """A copy of the finished evaluation's per-batch files. (1) One ODE record marked as computed on other
+    examples (its data_sha; its values made absurd): the rerun skips the other batches, recomputes that
+    one, and the summary equals the original. (2) A header from another model (a run retrained under the
+    same step): exit 2 naming the differing setting and the file to delete. (3) A damaged line in the
+    middle: exit 2 naming the file and line (only a cut-off last line is dropped silently)."""
+    wk = _copy_run(mix["workdir"], tmp_path / "copy")
+    shutil.copytree(os.path.join(mix["workdir"], "eval"), os.path.join(wk, "eval"))
+    path = os.path.join(wk, os.path.relpath(mix_summary["results"]["ode"]["batch_file"], mix["workdir"]))
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    n_batches = -(-N_MIX // BS)
+    assert len(lines) == 1 + n_batches and json.loads(lines[0])["header"]["model"]
+    original = json.loads(lines[3])
+    assert original["batch"] == 2 and len(original["data_sha"]) == 16
+    rec = dict(original, data_sha="0" * 16, nats=[1e6] * len(original["nats"]))
+    with open(path, "w") as f:
+        f.write("".join(lines[:3] + [json.dumps(rec) + "\n"] + lines[4:]))
+
+    capsys.readouterr()
+    assert main(["eval", "--workdir", wk] + MIX_ARGS) == 0
+    assert f"ode: {n_batches - 1} of {n_batches} batches already done" in capsys.readouterr().out
+    with open(os.path.join(wk, "eval_step300_continuous.json")) as f:
+        again = json.load(f)
+    recomputed = _records(path)[-1]  # appended; the last record of a batch wins
+    assert recomputed["batch"] == 2 and recomputed["data_sha"] == original["data_sha"]
+    np.testing.assert_allclose(recomputed["nats"], original["nats"], rtol=1e-12, atol=1e-12)
+    for key in ("nats", "nats_per_dim", "excess_over_true"):
+        assert again["results"]["ode"][key] == mix_summary["results"]["ode"][key]
+
+    header = json.loads(lines[0])
+    header["header"]["model"] = "deadbeef"
+    with open(path, "w") as f:
+        f.write("".join([json.dumps(header) + "\n"] + lines[1:]))
+    assert main(["eval", "--workdir", wk] + MIX_ARGS) == 2
+    err = capsys.readouterr().err
+    assert f"{path} holds batches computed with other settings (model: 'deadbeef' there" in err, err
+    assert f"delete {path}" in err
+
+    with open(path, "w") as f:
+        f.write("".join(lines[:2] + ["not json\n"] + lines[3:]))
+    assert main(["eval", "--workdir", wk] + MIX_ARGS) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line 3: not a JSON record" in err and f"delete {path}" in err, err
 
 
 def test_bad_inputs_name_the_argument_and_the_fix(mix, tmp_path, capsys):

@@ -262,6 +262,24 @@ def test_init_from_checks_the_parameters_it_copies(tiny_sources, tmp_path, monke
         _fine_tune(vp, vp_dir, tmp_path / "dst")
 
 
+def test_init_from_warns_when_the_sde_settings_differ(tiny_sources):
+    """Another β_max or t_min of the same SDE is allowed (the network is the same) but reported, saved vs
+    given, since the network learnt the saved SDE's scores; the same settings give no warning."""
+    from training.train import _init_from, init_state
+
+    vp, _, vp_dir, _ = tiny_sources
+    for overrides, expected in (([], None),
+                                (["sde.beta_max=10.0", "sde.t_min=0.001"],
+                                 "sde.beta_max: saved 20.0, given 10.0; sde.t_min: saved 1e-05, given 0.001")):
+        cfg = apply_overrides(vp, [f"train.init_from={vp_dir}", *overrides])
+        logged = []
+        _init_from(init_state(cfg, (2,))[0], cfg, (2,), log=logged.append)
+        if expected is None:
+            assert logged == []
+        else:
+            assert len(logged) == 1 and logged[0].startswith("warning: train.init_from=") and expected in logged[0], logged
+
+
 def test_init_from_copies_a_vdm_schedule(tiny_sources):
     """With the same network the copy goes through: parameters and EMA of the new run are the source's
     EMA, the learned schedule's parameters included; the optimiser state stays fresh."""

@@ -76,7 +76,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, UInt8
 import numerics
 from numerics.likelihood import bits_per_dim
 from training.data import check_images, dequantize_with
-from training.fileio import DirectoryBusyError, fsync_dir, lock_directory, read_json, write_atomic
+from training.fileio import DirectoryBusyError, fsync_dir, fsync_file, lock_directory, read_json, write_atomic
 from training.metrics import all_finite
 
 __all__ = [
@@ -636,11 +636,6 @@ def _remove_stale_temporaries(workdir: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _fsync_file(path: str) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def _write_version(workdir: str, deq: FlowDequantizer, opt_state: Any, cfg: dict) -> str:
     """A complete new version in a temporary folder of ``workdir``, every file and the folder fsynced
     (so the renames that publish it cannot publish lost data); returns the folder."""
@@ -649,11 +644,10 @@ def _write_version(workdir: str, deq: FlowDequantizer, opt_state: Any, cfg: dict
         files = {"flow.eqx": deq, **({"opt_state.eqx": opt_state} if opt_state is not None else {})}
         for name, tree in files.items():
             eqx.tree_serialise_leaves(os.path.join(tmp, name), tree)
-            _fsync_file(os.path.join(tmp, name))
+            fsync_file(os.path.join(tmp, name))
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
+        fsync_file(os.path.join(tmp, "config.json"))
         fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

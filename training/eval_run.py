@@ -64,9 +64,12 @@ and fsynced after every batch to ``DIR/eval/<tag>/<metric>-<options>.jsonl``, wh
 device count: its adaptive steps depend on the split of a batch). A rerun with the same options skips
 the finished batches (and says so). Every random draw of batch b comes from
 ``fold_in(key(--seed), b)``, so an interrupted and resumed evaluation gives exactly the numbers of
-an uninterrupted one.
+an uninterrupted one. A batch is reused only for the same examples (each record holds a hash of its
+examples) and the same model (the file's header holds a fingerprint of the parameters evaluated): a file
+written for other settings, e.g. by a run retrained in the same directory, is refused with a message
+naming what differs.
 
-**Output.** A summary JSON (schema ``training.eval_run/1``), by default ``DIR/eval_step<step>_<deq>.json``
+**Output.** A summary JSON (schema ``training.eval_run/2``), by default ``DIR/eval_step<step>_<deq>.json``
 beside ``DIR/checkpoints`` (``<deq>``: ``uniform``, ``variational`` or ``continuous`` for
 mixtures; ``_raw`` appended with ``--no-ema``; ``--out FILE`` overrides), holding every number
 with its SE and unit, n, NFE, the options, the checkpoint step and the dequantisation each number
@@ -106,7 +109,7 @@ __all__ = [
 
 METRICS: tuple[str, ...] = ("ode", "bound", "vlb")
 VLB_DATA: tuple[str, ...] = ("auto", "discrete", "dequantized")
-SCHEMA = "training.eval_run/1"
+SCHEMA = "training.eval_run/2"
 EXACT_MAX_DIM = 16  # training.evaluate.ode_nll's default: exact trace up to D = 16
 TEST_SET_FOLD = 0x7E57  # mixture test set: fold_in(key(data_seed), TEST_SET_FOLD)
 _KEY_DEQUANT, _KEY_PROBES, _KEY_BOUND, _KEY_VLB = 0, 1, 2, 3  # fold_in ids under the batch key
@@ -327,7 +330,8 @@ def _load_dequantizer(workdir: str):
 
 
 def _fingerprint(tree) -> str:
-    """8 hex digits identifying the arrays of a pytree (a dequantiser), for the per-batch file names."""
+    """8 hex digits identifying the arrays of a pytree (a dequantiser: the per-batch file names; a score
+    model: their headers)."""
     import jax
 
     h = hashlib.sha1()
@@ -347,33 +351,51 @@ def _fingerprint(tree) -> str:
 class BatchFile:
     """Append-only JSON-lines file of per-batch results; each record is flushed and fsynced.
 
-    A line cut short by a kill is dropped when the file is opened again. Records are reused when
-    their (batch, start, stop) match the current plan (the last such record wins)."""
+    The first line is a header of the settings the batches were computed with (model fingerprint,
+    metric, seed, tolerances, ...). A line cut short by a kill is dropped when the file is opened again;
+    any other damaged line raises. Opening an existing file whose header differs from the current one in
+    anything but which examples are evaluated (``REUSABLE_ACROSS``) raises :class:`EvalError` naming the
+    differing settings: its batches belong to another computation (e.g. a run retrained in the same
+    directory, whose checkpoint has the same step). :meth:`records` returns the records by batch (the last
+    wins); the caller reuses one only when its rows and its ``data_sha`` (:func:`examples_sha`) match."""
+
+    REUSABLE_ACROSS = ("n_examples", "n_batches", "data")
 
     def __init__(self, path: str, header: dict):
         self.path = path
+        self.fix = f"delete {path} to recompute its batches."
         os.makedirs(os.path.dirname(path), exist_ok=True)
         drop_partial_last_line(path)
         if not os.path.exists(path) or os.path.getsize(path) == 0:
             self._append({"header": header})
             fsync_dir(os.path.dirname(path))
+            return
+        stored = self._read()
+        old = stored[0].get("header") if stored else None
+        if not isinstance(old, dict):
+            raise EvalError(f"{path}: its first line is not the header of a batch file; {self.fix}")
+        keys = sorted((set(old) | set(header)) - set(self.REUSABLE_ACROSS))
+        differ = [k for k in keys if old.get(k) != header.get(k)]
+        if differ:
+            what = "; ".join(f"{k}: {old.get(k, '(absent)')!r} there, {header.get(k, '(absent)')!r} now" for k in differ)
+            raise EvalError(
+                f"{path} holds batches computed with other settings ({what}). If the checkpoint was retrained "
+                f"under the same step, or the file was written by another version of this evaluation, "
+                f"{self.fix}"
+            )
+
+    def _read(self) -> list[dict]:
+        from training.fileio import read_json_lines
+
+        try:
+            return read_json_lines(self.path, fix=self.fix)
+        except ValueError as e:  # a damaged line (not a cut-off last one): the CLI reports it and exits 2
+            raise EvalError(str(e)) from e
 
     def records(self) -> dict[int, dict]:
-        out: dict[int, dict] = {}
         if not os.path.exists(self.path):
-            return out
-        with open(self.path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if "batch" in rec:
-                    out[int(rec["batch"])] = rec
-        return out
+            return {}
+        return {int(rec["batch"]): rec for rec in self._read() if "batch" in rec}
 
     def _append(self, rec: dict) -> None:
         line = json.dumps(rec, allow_nan=True) + "\n"
@@ -384,6 +406,15 @@ class BatchFile:
 
     def append(self, rec: dict) -> None:
         self._append(rec)
+
+
+def examples_sha(examples: np.ndarray) -> str:
+    """16 hex digits identifying a batch's examples (their dtype, shape and bytes): a stored batch result
+    is reused only for the very examples it was computed on."""
+    a = np.ascontiguousarray(examples)
+    h = hashlib.sha1(str((a.shape, a.dtype.str)).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 # --- the per-batch computations ----------------------------------------------------------------------
@@ -601,9 +632,10 @@ def _to_list(a) -> list:
     return [float(v) for v in np.asarray(a, np.float64).reshape(-1)]
 
 
-def _record(b: int, start: int, stop: int, out: dict, seconds: float, n_dev: int) -> dict:
+def _record(b: int, start: int, stop: int, out: dict, seconds: float, n_dev: int, data_sha: str) -> dict:
     n = stop - start
-    rec: dict = dict(batch=b, start=start, stop=stop, nats=_to_list(out["nats"][:n]), se=_to_list(out["se"][:n]))
+    rec: dict = dict(batch=b, start=start, stop=stop, data_sha=data_sha, nats=_to_list(out["nats"][:n]),
+                     se=_to_list(out["se"][:n]))
     if out.get("nfe") is not None:
         rec["nfe"] = [int(v) for v in np.asarray(out["nfe"][:n])]
     if out.get("log_q") is not None:
@@ -811,6 +843,10 @@ def evaluate_workdir(
                 f"{'-' + deq_label if vlb_mode == 'dequantized' else ''}-t{opts.vlb_t}-draws{opts.vlb_draws}.jsonl"),
     }
     compute = {"ode": ev.ode, "bound": ev.bound, "vlb": ev.vlb}
+    import equinox as eqx
+
+    model_sha = _fingerprint(eqx.filter(model, eqx.is_array))
+    data_sha = [examples_sha(test.examples[slice(*ev.rows(b)[:2])]) for b in range(n_batches)]
 
     from tqdm.auto import tqdm
 
@@ -822,7 +858,8 @@ def evaluate_workdir(
         all_records: dict[str, dict[int, dict]] = {}
         for m in opts.metrics:
             path = os.path.join(eval_dir, file_names[m])
-            header = dict(metric=m, checkpoint_step=step, ema=ema, seed=opts.seed, batch_size=B, data=test.info,
+            header = dict(metric=m, checkpoint_step=step, model=model_sha, ema=ema, seed=opts.seed, batch_size=B,
+                          data=test.info,
                           n_examples=N, n_batches=n_batches, dequantization=deq_of[m], tol=opts.tol,
                           n_probes=opts.n_probes, divergence=ev.divergence, bound_draws=opts.bound_draws,
                           vlb_draws=opts.vlb_draws, vlb_t=opts.vlb_t, schema=SCHEMA)
@@ -833,7 +870,7 @@ def evaluate_workdir(
                 start, stop, _ = ev.rows(b)
                 r = old.get(b)
                 if (r is not None and r.get("start") == start and r.get("stop") == stop
-                        and len(r.get("nats", ())) == stop - start):
+                        and len(r.get("nats", ())) == stop - start and r.get("data_sha") == data_sha[b]):
                     done[b] = r
             if done:
                 log(f"{m}: {len(done)} of {n_batches} batches already done in {path}; skipping them (resumed).")
@@ -845,7 +882,7 @@ def evaluate_workdir(
                 t0 = time.perf_counter()
                 result = compute[m](b)
                 start, stop, _ = ev.rows(b)
-                rec = _record(b, start, stop, result, time.perf_counter() - t0, n_dev)
+                rec = _record(b, start, stop, result, time.perf_counter() - t0, n_dev, data_sha[b])
                 bf.append(rec)
                 done[b] = rec
                 bar.update(1)

@@ -32,8 +32,14 @@ try:
 except ImportError:  # not on Windows: no lock there (see lock_directory)
     fcntl = None
 
-__all__ = ["write_atomic", "fsync_dir", "complete_lines_end", "drop_partial_last_line", "read_json_lines",
+__all__ = ["write_atomic", "fsync_file", "fsync_dir", "complete_lines_end", "drop_partial_last_line", "read_json_lines",
            "read_json", "DirectoryBusyError", "lock_directory"]
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush the file ``path`` (written and closed by other code, e.g. a serialiser) to disk."""
+    with open(os.fspath(path), "rb") as f:
+        os.fsync(f.fileno())
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -432,7 +432,7 @@ def _train_locked(cfg: Config, workdir: str, *, resume: bool, log) -> RunResult:
     elif resume and is_main:
         log(f"--resume: no checkpoint in {ckpt.directory}; starting from step 0")
     if latest is None and cfg.train.init_from:
-        state = _init_from(state, cfg, event_shape=tuple(stream.event_shape))
+        state = _init_from(state, cfg, event_shape=tuple(stream.event_shape), log=log if is_main else None)
         if is_main:
             log(f"initialised the parameters from {cfg.train.init_from} (its latest checkpoint's EMA)")
     if is_main:  # atomically: a kill while it is written must not leave the checkpoints without their config
@@ -508,7 +508,7 @@ def _train_locked(cfg: Config, workdir: str, *, resume: bool, log) -> RunResult:
                      last_metrics=last_metrics)
 
 
-def _init_from(state: TrainState, cfg: Config, event_shape) -> TrainState:
+def _init_from(state: TrainState, cfg: Config, event_shape, log=None) -> TrainState:
     """Fine-tuning: parameters and EMA of a new run from the EMA parameters of the latest checkpoint
     of ``cfg.train.init_from`` (another training work directory with the same network); the step
     and the optimiser state stay fresh (Lu et al. 2022 fine-tune first-order models this way).
@@ -516,7 +516,11 @@ def _init_from(state: TrainState, cfg: Config, event_shape) -> TrainState:
     The same network means: the same ``model`` section, the same SDE (for ``vdm``, whose learned
     schedule is part of the parameters, the whole ``sde`` section), the same example shape, and
     then source parameters of the same tree structure, shapes and dtypes as this run's; anything
-    else raises a ValueError naming ``train.init_from`` and each difference (saved vs given)."""
+    else raises a ValueError naming ``train.init_from`` and each difference (saved vs given).
+
+    The other SDEs' settings (β_min, β_max, σ_max, t_min, ...) may differ: e.g. Lu et al.'s
+    fine-tuning keeps the network but a user may evaluate or fine-tune down to a smaller t_min. Each
+    difference is reported through ``log`` (a warning: the network learnt the saved SDE's scores)."""
     name = f"train.init_from={cfg.train.init_from!r}"
     src = os.path.abspath(os.fspath(cfg.train.init_from))
     path = os.path.join(src, "config.json")
@@ -535,6 +539,11 @@ def _init_from(state: TrainState, cfg: Config, event_shape) -> TrainState:
     if diffs:
         raise ValueError(f"{name}: fine-tuning needs the same network, but the source run's config (saved, {path}) "
                          f"and this run's (given) differ in {'; '.join(diffs)}.")
+    sde_diffs = _differences({"sde": config_to_dict(src_cfg)["sde"]}, {"sde": config_to_dict(cfg)["sde"]})
+    if sde_diffs and log is not None:
+        log(f"warning: {name}: the source run was trained under other SDE settings ({'; '.join(sde_diffs)}); its "
+            f"network learnt the scores of the saved SDE. Fine-tuning goes on under the given one; if that was not "
+            f"intended, stop and rerun with the saved sde.* values.")
     src_state, _ = load_state(src_cfg, src)
     if jax.tree.structure(src_state.ema) != jax.tree.structure(state.params):
         raise ValueError(f"{name}: fine-tuning needs the same network, but the source's parameters have another tree "
