@@ -693,3 +693,37 @@ def test_overrides_parse_types_and_reject_unknown_keys():
         get_config("cifar")
     with pytest.raises(ValueError, match="key=value"):
         get_config("digits", ["train.batch_size"])
+
+
+def test_ema_warmup_weights_the_initialisation_as_its_closed_form():
+    """optim.ema_warmup: with d_k = min(rate, (1+k)/(10+k)) the initial parameters keep Π_{k<n} d_k of the
+    EMA after n steps, which is 1/C(n+9, 9) while the rate does not bind (without warm-up: rate**n).
+    A constant stream of parameters (0 → 1) reads that weight off; and one real training step under the
+    option gives EMA = 0.1·initial + 0.9·updated parameters (d_0 = 1/10)."""
+    import math
+
+    from training.data import make_stream
+    from training.train import ema_update, init_state, make_train_step
+
+    # float64 leaves: 1 − EMA is read to 1e-7 relative (the rate itself is computed in float32)
+    ema, ones = {"w": jnp.zeros(3, jnp.float64)}, {"w": jnp.ones(3, jnp.float64)}
+    for n in range(1, 15):
+        ema = ema_update(ema, ones, jnp.asarray(n - 1, jnp.int32), 0.9999, True)
+        np.testing.assert_allclose(1.0 - np.asarray(ema["w"]), 1.0 / math.comb(n + 9, 9), rtol=2e-5, atol=1e-7)
+    ema = {"w": jnp.zeros(3, jnp.float64)}
+    for n in range(1, 13):  # rate 0.5 binds from k = 8 on: (1+k)/(10+k) >= 0.5
+        ema = ema_update(ema, ones, jnp.asarray(n - 1, jnp.int32), 0.5, True)
+    expected = math.prod((1 + k) / (10 + k) for k in range(8)) * 0.5 ** 4
+    np.testing.assert_allclose(1.0 - np.asarray(ema["w"]), expected, rtol=1e-4)
+    plain = ema_update({"w": jnp.zeros(3)}, ones, jnp.asarray(0, jnp.int32), 0.99, False)
+    np.testing.assert_allclose(np.asarray(plain["w"]), 0.01, rtol=1e-6)
+
+    cfg = get_config("mixture2d", TINY + ["optim.ema_warmup=true", "optim.ema_rate=0.999", "optim.warmup=0"])
+    assert cfg.optim.ema_warmup is True and get_config("mixture2d", TINY).optim.ema_warmup is False
+    stream = make_stream(cfg.data, cfg.train.batch_size, cfg.train.seed)
+    state, static, tx, schedule = init_state(cfg, stream.event_shape)
+    step = jax.jit(make_train_step(static, stream, tx, schedule, cfg))
+    new, _ = step(state, stream.host_batch(0), jax.random.key(0))
+    for e, p0, p1 in zip(*map(jax.tree.leaves, (new.ema, state.params, new.params)), strict=True):
+        np.testing.assert_allclose(np.asarray(e), 0.1 * np.asarray(p0) + 0.9 * np.asarray(p1), rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(*map(jax.tree.leaves, (new.params, state.params))))

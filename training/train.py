@@ -177,6 +177,17 @@ def make_loss_fn(static, cfg: Config, *, train: bool = True):
 # --- step -----------------------------------------------------------------------------------
 
 
+def ema_update(ema: PyTree, params: PyTree, step: Int[Array, ""], rate: float, warmup: bool) -> PyTree:
+    """The EMA after the update of step ``step`` (0 for the first): ``d·ema + (1 − d)·params`` with
+    d = ``rate``, or with ``warmup`` d = min(rate, (1 + step)/(10 + step)) (:class:`training.configs.OptimConfig`)."""
+    d = jnp.asarray(rate, F32)
+    if warmup:
+        n = step.astype(F32)
+        d = jnp.minimum(d, (1.0 + n) / (10.0 + n))
+    # e + (1 − d)(p − e): as the product form, but 1 − EMA of a constant stream keeps its relative precision
+    return jax.tree.map(lambda e, p: (e + (1.0 - d) * (p - e)).astype(e.dtype), ema, params)
+
+
 def make_train_step(static, stream, tx, schedule, cfg: Config, mesh=None):
     """The pure step (state, raw batch, base key) → (state, metrics); jit it with :func:`jit_step`.
 
@@ -190,7 +201,7 @@ def make_train_step(static, stream, tx, schedule, cfg: Config, mesh=None):
     """
     loss_fn = make_loss_fn(static, cfg, train=True)
     discrete = uses_discrete_data(cfg)
-    rate = float(cfg.optim.ema_rate)
+    rate, warmup = float(cfg.optim.ema_rate), bool(cfg.optim.ema_warmup)
     global_batch = int(cfg.train.batch_size)
     bsh = shd.batch_sharding(mesh) if mesh is not None else None
 
@@ -204,7 +215,7 @@ def make_train_step(static, stream, tx, schedule, cfg: Config, mesh=None):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         params = jax.tree.map(lambda p, old: p.astype(old.dtype), params, state.params)
-        ema = jax.tree.map(lambda e, p: (rate * e + (1.0 - rate) * p).astype(e.dtype), state.ema, params)
+        ema = ema_update(state.ema, params, state.step, rate, warmup)
         metrics = {
             "loss": loss,
             "loss_se": jnp.std(terms) / jnp.sqrt(jnp.asarray(terms.shape[0], F32)),
