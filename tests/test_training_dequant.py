@@ -228,6 +228,45 @@ def digits_workdir(tmp_path_factory, fake_workdir):
     return fake_workdir(tmp_path_factory.mktemp("deq_digits"), "digits", _DIGITS_TINY, (1, 8, 8))
 
 
+def test_cli_holds_out_images_neither_model_saw(digits_workdir, tmp_path):
+    """The CLI's final comparison images: for a score model trained on the digits' training split (the
+    presets), ``--eval-images`` of the 297 test digits, and the dequantiser trains on all 1500 training
+    digits; for a model trained on ``data.split=test`` the test digits are not unseen by it, so the images
+    are held out from the dequantiser's training only (disjoint from it) and the recorded source says so."""
+    import argparse
+    import contextlib
+    import json
+    import shutil
+
+    from training.data import DIGITS_TEST_SIZE, load_digits
+
+    def prepared(workdir, *flags):
+        p = argparse.ArgumentParser()
+        dq.add_arguments(p)
+        args = p.parse_args(["--workdir", str(workdir), "--no-progress", *flags])
+        with contextlib.ExitStack() as held:
+            return dq._prepare(args, str(workdir), held)
+
+    train, test = load_digits("train").images, load_digits("test").images
+    setup = prepared(digits_workdir, "--eval-images", "40")
+    assert setup.eval_source.startswith("test split") and setup.eval_images.shape == (40, 1, 8, 8)
+    rows = {r.tobytes() for r in test}
+    assert all(im.tobytes() in rows for im in setup.eval_images)
+    np.testing.assert_array_equal(setup.images[setup.tr_idx], train)
+    assert prepared(digits_workdir, "--eval-images", "1000").eval_images.shape[0] == DIGITS_TEST_SIZE
+
+    w = tmp_path / "trained_on_test"
+    shutil.copytree(digits_workdir, w)
+    cfg = json.loads((w / "config.json").read_text())
+    cfg["data"]["split"] = "test"
+    (w / "config.json").write_text(json.dumps(cfg))
+    setup = prepared(w, "--eval-images", "40")
+    assert "'test'" in setup.eval_source and "dequantiser only" in setup.eval_source
+    seen = {setup.images[i].tobytes() for i in setup.tr_idx}
+    assert setup.eval_images.shape[0] == 40 and not any(im.tobytes() in seen for im in setup.eval_images)
+    assert len(setup.tr_idx) == DIGITS_TEST_SIZE - 40 and {im.tobytes() for im in setup.images} <= rows
+
+
 def test_cli_trains_saves_resumes_and_loads(digits_workdir, tmp_path, capsys):
     """``python -m training dequant`` on a (tiny, perturbed DDPM++) digits work directory: 12 steps with a
     checkpoint every 6; a second run refuses to overwrite without --resume, and refuses a --resume that

@@ -46,8 +46,10 @@ Command line (``python -m training dequant``)::
 trains q for the latest (EMA) checkpoint of the training work directory DIR on its image data
 (digits or CIFAR-10), shows progress, saves to DIR/dequantizer/ every ``--ckpt-every`` steps
 (``--resume`` continues from there, against the score checkpoint it was fitted to), and at the end
-compares the variational and uniform bounds on ``--eval-images`` images held out from the
-dequantiser's training set. One dequantiser run at a time per work directory: it holds
+compares the variational and uniform bounds on ``--eval-images`` held-out images: drawn from the
+test split when the score model trained on the training split (the presets), so that neither model
+saw them; otherwise (a model trained on ``data.split=test``) held out from the dequantiser's
+training images only, and the output says so. One dequantiser run at a time per work directory: it holds
 ``DIR/.dequantizer.lock`` (not the trainer's lock: the score model may go on training meanwhile).
 """
 
@@ -781,8 +783,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="CIFAR-10 archive or folder (default: the training config's)")
     p.add_argument("--num-images", type=int, default=None, help="use at most this many training images")
     p.add_argument("--eval-images", type=int, default=256,
-                   help="images held out from the dequantiser's training, for the final paired comparison "
-                        "of the variational and uniform bounds (0 = none; default 256)")
+                   help="held-out images for the final paired comparison of the variational and uniform bounds: "
+                        "from the test split if the score model trained on 'train' (0 = none; default 256)")
     p.add_argument("--eval-draws", type=int, default=4, help="Monte Carlo draws per held-out image (default 4)")
     p.add_argument("--ckpt-every", type=int, default=500, help="save every N steps (default 500)")
     p.add_argument("--log-every", type=int, default=50, help="history record every N steps (default 50)")
@@ -790,17 +792,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _images_of(cfg, data_dir: str | None) -> np.ndarray:
+def _images_of(cfg, data_dir: str | None, split: str | None = None) -> np.ndarray:
+    """The images of ``split`` (default: the one the score model was trained on) of the config's data."""
     from training.data import load_cifar10, load_digits
 
-    name = cfg.data.name
+    name, split = cfg.data.name, split or cfg.data.split
     if name == "digits":
-        return load_digits(cfg.data.split).images  # the images the score model was trained on, as for CIFAR-10
+        return load_digits(split).images
     if name == "cifar10":
         path = data_dir or cfg.data.data_dir
         if not path:
             raise ValueError("the model was trained on CIFAR-10: pass --data-dir (cifar-10-python.tar.gz or its folder).")
-        return load_cifar10(path, cfg.data.split).images
+        return load_cifar10(path, split).images
     raise ValueError(f"variational dequantisation needs 8-bit image data; the work directory's model was trained "
                      f"on {name!r} data.")
 
@@ -875,7 +878,8 @@ class _Setup:
     sde: Any
     images: np.ndarray
     tr_idx: np.ndarray
-    ev_idx: np.ndarray
+    eval_images: np.ndarray
+    eval_source: str
     init: FlowDequantizer | None
     opt_state: Any
     start: int
@@ -911,8 +915,16 @@ def _prepare(args, workdir: str, held: contextlib.ExitStack) -> _Setup:
     images = _images_of(cfg, args.data_dir)
     if not cfg.data.centered:
         raise ValueError("the dequantiser assumes data centred to [-1, 1] (data.centered=true); this model was not.")
-    n_eval = max(0, min(int(args.eval_images), images.shape[0] // 2))
-    tr_idx, ev_idx = _split(images.shape[0], n_eval, args.seed)
+    if cfg.data.split == "train":  # held out from both models: the test split
+        test = _images_of(cfg, args.data_dir, "test")
+        n_eval = max(0, min(int(args.eval_images), test.shape[0]))
+        tr_idx, ev_idx = np.arange(images.shape[0]), _split(test.shape[0], n_eval, args.seed)[1]
+        eval_images, eval_source = test[ev_idx], "test split (seen by neither model)"
+    else:  # the score model saw every image of its split: held out from the dequantiser only
+        n_eval = max(0, min(int(args.eval_images), images.shape[0] // 2))
+        tr_idx, ev_idx = _split(images.shape[0], n_eval, args.seed)
+        eval_images = images[ev_idx]
+        eval_source = f"split {cfg.data.split!r} the score model trained on (held out from the dequantiser only)"
     if args.num_images is not None:
         tr_idx = tr_idx[: int(args.num_images)]
     if len(tr_idx) < args.batch_size:
@@ -924,7 +936,7 @@ def _prepare(args, workdir: str, held: contextlib.ExitStack) -> _Setup:
         start = int(saved.get("step", 0))
         print(f"resuming the dequantiser from step {start} (score checkpoint {score_step})", file=sys.stderr)
     meta = dict(score_step=score_step, steps=args.steps, n_train_images=int(len(tr_idx)), identity=identity)
-    return _Setup(workdir, model, sde, images, tr_idx, ev_idx, init, opt_state, start,
+    return _Setup(workdir, model, sde, images, tr_idx, eval_images, eval_source, init, opt_state, start,
                   list(saved.get("history", [])), meta)
 
 
@@ -946,7 +958,7 @@ def _fit_and_compare(args, setup: _Setup) -> int:
     """Train the dequantiser from ``setup`` (saving as it goes), then compare the variational and
     uniform bounds on the held-out images; 0, or 3 for a non-finite step."""
     workdir, model, sde, images, start = setup.workdir, setup.model, setup.sde, setup.images, setup.start
-    tr_idx, ev_idx, n_eval = setup.tr_idx, setup.ev_idx, len(setup.ev_idx)
+    tr_idx, eval_images, n_eval = setup.tr_idx, setup.eval_images, len(setup.eval_images)
     init, opt_state, meta, old_history = setup.init, setup.opt_state, setup.meta, setup.history
 
     def checkpoint(res: DequantTrainResult):
@@ -969,13 +981,13 @@ def _fit_and_compare(args, setup: _Setup) -> int:
         print(f"dequantiser step {res.step}: training objective {last['objective_bpd']:.4f} ± "
               f"{last['objective_se_bpd']:.4f} bits/dim (steps {max(start, last['step'] - args.log_every) + 1}-{last['step']})")
     if n_eval > 0:
-        cmp = compare_dequantization(model, sde, res.dequantizer, images[ev_idx], jax.random.fold_in(key, 2**30),
+        cmp = compare_dequantization(model, sde, res.dequantizer, eval_images, jax.random.fold_in(key, 2**30),
                                      n_draws=int(args.eval_draws), batch_size=args.batch_size)
-        print(f"held-out ({n_eval} images, {int(args.eval_draws)} draws): {cmp}")
+        print(f"held-out ({n_eval} images of the {setup.eval_source}; {int(args.eval_draws)} draws): {cmp}")
         path = _existing(workdir)
         saved_cfg = _read_config(path)
         saved_cfg["heldout"] = {
-            "step": res.step, "n_images": n_eval, "n_draws": int(args.eval_draws),
+            "step": res.step, "n_images": n_eval, "images": setup.eval_source, "n_draws": int(args.eval_draws),
             "variational_bpd": cmp.variational.mean, "variational_se": cmp.variational.se,
             "uniform_bpd": cmp.uniform.mean, "uniform_se": cmp.uniform.se,
             "difference_bpd": cmp.difference.mean, "difference_se": cmp.difference.se,
