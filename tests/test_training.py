@@ -727,3 +727,35 @@ def test_ema_warmup_weights_the_initialisation_as_its_closed_form():
     for e, p0, p1 in zip(*map(jax.tree.leaves, (new.ema, state.params, new.params)), strict=True):
         np.testing.assert_allclose(np.asarray(e), 0.1 * np.asarray(p0) + 0.9 * np.asarray(p1), rtol=1e-5, atol=1e-6)
     assert any(not np.allclose(np.asarray(a), np.asarray(b)) for a, b in zip(*map(jax.tree.leaves, (new.params, state.params))))
+
+
+def test_lock_directory_is_reentrant_within_a_thread_only(tmp_path):
+    """training.fileio.lock_directory: a nested lock of the same file in the same thread passes (a save
+    inside a locked run); another thread of the process is refused while it is held, naming itself as
+    such and the holder; once released, that thread takes it."""
+    import threading
+
+    from training.fileio import DirectoryBusyError, lock_directory
+
+    outcomes = []
+
+    def other_thread():
+        try:
+            with lock_directory(tmp_path, ".x.lock", what="second", fix="wait for it."):
+                outcomes.append("taken")
+        except DirectoryBusyError as e:
+            outcomes.append(str(e))
+
+    def in_thread():
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+
+    with lock_directory(tmp_path, ".x.lock", what="first", fix="wait for it.") as p:
+        with lock_directory(tmp_path, ".x.lock", what="nested", fix="wait for it.") as q:
+            assert p == q == str(tmp_path / ".x.lock")
+        in_thread()
+    in_thread()
+    assert outcomes[1] == "taken"
+    assert outcomes[0].startswith(f"{tmp_path} is in use by another thread of this process (pid {os.getpid()} on host")
+    assert ": first; lock file" in outcomes[0] and outcomes[0].endswith("wait for it.")

@@ -135,7 +135,7 @@ class DirectoryBusyError(RuntimeError):
     """Another process holds the lock of a work directory (:func:`lock_directory`)."""
 
 
-_held: set[str] = set()  # the lock files this process holds (lock_directory is re-entrant)
+_held: set[tuple[str, int]] = set()  # (lock file, thread) pairs held here (lock_directory is re-entrant per thread)
 _held_guard = threading.Lock()
 
 
@@ -165,11 +165,12 @@ def lock_directory(directory: str | os.PathLike, name: str, *, what: str, fix: s
     lock, :class:`DirectoryBusyError` names the directory, that holder and ``fix``. The lock belongs
     to the open file, so the operating system releases it when the process ends, even by SIGKILL;
     the file itself stays (deleting it would let two processes lock two different files). Re-entrant
-    within one process: a nested ``lock_directory`` of the same file (a save inside a locked run)
-    passes. Where there is no ``fcntl`` (Windows), or the file system cannot ``flock``, the block
-    runs without a lock."""
+    within one thread: a nested ``lock_directory`` of the same file (a save inside a locked run)
+    passes; another thread of the same process is refused like another process (two ``train()`` calls
+    in threads on one work directory). Where there is no ``fcntl`` (Windows), or the file system
+    cannot ``flock``, the block runs without a lock."""
     path = os.path.join(os.path.abspath(os.fspath(directory)), name)
-    key = os.path.realpath(path)
+    key = (os.path.realpath(path), threading.get_ident())
     with _held_guard:
         nested = key in _held
     if nested or fcntl is None:
@@ -180,8 +181,8 @@ def lock_directory(directory: str | os.PathLike, name: str, *, what: str, fix: s
         taken = _try_flock(fd)
         if taken is False:
             holder = _holder_of(fd) or "its holder did not record itself"
-            raise DirectoryBusyError(f"{os.path.dirname(path)} is in use by another process ({holder}; lock file "
-                                     f"{path}); {fix}")
+            by = "another thread of this process" if holder.startswith(f"pid {os.getpid()} ") else "another process"
+            raise DirectoryBusyError(f"{os.path.dirname(path)} is in use by {by} ({holder}; lock file {path}); {fix}")
         if taken:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}: {what}\n".encode(), 0)
