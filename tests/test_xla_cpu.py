@@ -101,3 +101,28 @@ def test_released_programs_give_back_their_memory_maps(memory_maps):
     assert left < grown / 4, f"after the release {left} of {grown} new memory maps remain"
     with pytest.raises(ValueError, match="fraction must lie in"):
         release_compiled_programs(fraction=1.5)
+
+
+@pytest.mark.parametrize("tuning, flags, expected", [
+    (None, "--xla_force_host_platform_device_count=1",
+     f"--xla_force_host_platform_device_count=1 --xla_backend_extra_options={_T}"),
+    ("0", "--xla_force_host_platform_device_count=1", "--xla_force_host_platform_device_count=1"),
+])
+def test_import_tunes_xla_flags_unless_opted_out(tuning, flags, expected):
+    """A fresh process: ``import numerics`` adds the threshold to XLA_FLAGS before JAX's backend exists
+    (XLA_CPU_TUNED), and with NUMERICS_XLA_CPU_TUNING=0 leaves XLA_FLAGS as the user set it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMERICS_XLA_CPU_TUNING"}
+    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    if tuning is not None:
+        env["NUMERICS_XLA_CPU_TUNING"] = tuning
+    code = ("import json, os, numerics, jax.numpy as jnp; jnp.ones(2).sum().block_until_ready(); "
+            "print(json.dumps([os.environ['XLA_FLAGS'], numerics.XLA_CPU_TUNED]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got_flags, tuned = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got_flags == expected and tuned == (tuning is None)
