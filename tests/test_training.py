@@ -186,6 +186,34 @@ def _copy_run(tiny_run, dst):
     return dst
 
 
+def test_resume_refuses_other_training_data(tiny_run, tmp_path):
+    """DIR/data.json records the fingerprint of the training data (here the mixture's parameters). A
+    resume whose data have another fingerprint (as after a replaced CIFAR-10 folder, or the digits'
+    split) is refused before anything runs, naming both fingerprints and the file; a run that predates
+    the record is resumed and recorded. The image stream's fingerprint is that of its images."""
+    from training.data import ImageStream, MixtureStream, array_fingerprint, load_digits
+
+    cfg, _ = tiny_run
+    workdir = _copy_run(tiny_run, tmp_path / "run")
+    record = json.loads((workdir / "data.json").read_text())
+    expected = array_fingerprint(*jax.tree.leaves(MixtureStream(cfg.data.mixture).mixture))
+    assert record["fingerprint"] == expected and record["data"]["mixture"] == cfg.data.mixture
+    record["fingerprint"] = "0123456789abcdef"
+    (workdir / "data.json").write_text(json.dumps(record))
+    more = apply_overrides(cfg, ["train.num_steps=16"])
+    with pytest.raises(ValueError, match=r"--resume: the training data differ from those the run in .* started on "
+                                         rf"\(fingerprint 0123456789abcdef in {re.escape(str(workdir))}/data\.json, "
+                                         rf"{expected} now.*start afresh in a new --workdir"):
+        train(more, workdir, resume=True, log=lambda *a: None)
+    (workdir / "data.json").unlink()
+    assert train(more, workdir, resume=True, log=lambda *a: None).last_checkpoint == 16
+    assert json.loads((workdir / "data.json").read_text())["fingerprint"] == expected
+
+    digits = load_digits("train")
+    assert ImageStream(digits, 8, seed=0).fingerprint() == array_fingerprint(digits.images)
+    assert ImageStream(load_digits("test"), 8, seed=0).fingerprint() != array_fingerprint(digits.images)
+
+
 def test_resume_names_each_changed_field_and_exactly_the_fields_that_may_change(tiny_run):
     """Every field in which a resumed config differs is named with both values; the fields the message
     says may change are exactly those a resume accepts changed (all others are refused)."""
@@ -244,7 +272,7 @@ def test_resume_needs_the_runs_config_json_and_rewrites_it_atomically(tiny_run, 
     assert any(entry.name == "write_atomic" for entry in err.traceback)  # failed while writing config.json
     assert cfg_path.read_text() == original
     # no temporary file left (.train.lock: the work directory's lock, training.train._workdir_lock)
-    assert sorted(os.listdir(workdir)) == [".train.lock", "checkpoints", "config.json", "metrics.jsonl"]
+    assert sorted(os.listdir(workdir)) == [".train.lock", "checkpoints", "config.json", "data.json", "metrics.jsonl"]
     train(changed, workdir, resume=True, log=lambda *a: None)
     assert json.loads(cfg_path.read_text())["train"]["log_every"] == 5
 

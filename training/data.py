@@ -13,6 +13,7 @@ run therefore reads exactly the stream an uninterrupted run reads.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -28,6 +29,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped, UInt8
 
 __all__ = [
+    "array_fingerprint",
     "ImageDataset",
     "load_cifar10",
     "load_digits",
@@ -289,6 +291,10 @@ class ImageStream:
         epochs, offsets = np.divmod(pos, n)
         return np.concatenate([self._perm(int(e))[offsets[epochs == e]] for e in np.unique(epochs)])
 
+    def fingerprint(self) -> str:
+        """:func:`array_fingerprint` of every image of the data set (what a resumed run must train on)."""
+        return array_fingerprint(self.dataset.images)
+
     def host_batch(self, step: int) -> np.ndarray:
         """This host's rows of the global batch of ``step``: uint8 (B/P, C, H, W)."""
         per = self.global_batch // self.process_count
@@ -346,6 +352,10 @@ class MixtureStream:
         self.mixture = jax.tree.map(lambda a: a.astype(F32) if eqx_is_float(a) else a, mix)
         self.event_shape = (int(mix.dim),)
 
+    def fingerprint(self) -> str:
+        """:func:`array_fingerprint` of the mixture's parameters (the data distribution)."""
+        return array_fingerprint(*jax.tree.leaves(self.mixture))
+
     def host_batch(self, step: int) -> None:
         return None
 
@@ -368,6 +378,18 @@ def event_shape_of(data_cfg) -> tuple[int, ...]:
     if data_cfg.name == "cifar10":
         return (3, 32, 32)
     raise ValueError(f"unknown data set {data_cfg.name!r}.")
+
+
+def array_fingerprint(*arrays: ArrayLike) -> str:
+    """16 hex digits identifying arrays by their shapes, dtypes and bytes (SHA-1): the training data of a
+    run (checked on resume) and the examples of an evaluation batch (checked before a stored result is
+    reused)."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def make_stream(data_cfg, global_batch: int, seed: int, process_index: int = 0, process_count: int = 1):

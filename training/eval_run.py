@@ -357,7 +357,8 @@ class BatchFile:
     anything but which examples are evaluated (``REUSABLE_ACROSS``) raises :class:`EvalError` naming the
     differing settings: its batches belong to another computation (e.g. a run retrained in the same
     directory, whose checkpoint has the same step). :meth:`records` returns the records by batch (the last
-    wins); the caller reuses one only when its rows and its ``data_sha`` (:func:`examples_sha`) match."""
+    wins); the caller reuses one only when its rows and its ``data_sha`` (``training.data.array_fingerprint``
+    of its examples) match."""
 
     REUSABLE_ACROSS = ("n_examples", "n_batches", "data")
 
@@ -406,15 +407,6 @@ class BatchFile:
 
     def append(self, rec: dict) -> None:
         self._append(rec)
-
-
-def examples_sha(examples: np.ndarray) -> str:
-    """16 hex digits identifying a batch's examples (their dtype, shape and bytes): a stored batch result
-    is reused only for the very examples it was computed on."""
-    a = np.ascontiguousarray(examples)
-    h = hashlib.sha1(str((a.shape, a.dtype.str)).encode())
-    h.update(a.tobytes())
-    return h.hexdigest()[:16]
 
 
 # --- the per-batch computations ----------------------------------------------------------------------
@@ -846,7 +838,9 @@ def evaluate_workdir(
     import equinox as eqx
 
     model_sha = _fingerprint(eqx.filter(model, eqx.is_array))
-    data_sha = [examples_sha(test.examples[slice(*ev.rows(b)[:2])]) for b in range(n_batches)]
+    from training.data import array_fingerprint
+
+    data_sha = [array_fingerprint(test.examples[slice(*ev.rows(b)[:2])]) for b in range(n_batches)]
 
     from tqdm.auto import tqdm
 

@@ -310,6 +310,31 @@ def _check_resume_config(cfg: Config, cfg_path: str, latest: int, ckpt_dir: str)
         )
 
 
+DATA_RECORD = "data.json"  # the fingerprint of the training data, beside config.json
+
+
+def _check_training_data(workdir: str, stream, cfg: Config, latest: int | None) -> dict:
+    """The record of this run's training data (``DIR/data.json``: :func:`training.data.array_fingerprint`
+    of every training image, or of the mixture's parameters, and the data section). A resume must train
+    on the data the run started on: the same config can name other data (a changed or replaced CIFAR-10
+    folder; the embedded digits gained a held-out split in session 12), so a differing fingerprint raises
+    a ValueError naming both. A run that predates the record is resumed and recorded."""
+    record = {"fingerprint": stream.fingerprint(), "data": config_to_dict(cfg)["data"]}
+    path = os.path.join(workdir, DATA_RECORD)
+    if latest is None or not os.path.exists(path):
+        return record
+    saved = read_json(path, fix="restore it from a copy of the run, or delete it to resume without the check.")
+    if not isinstance(saved, dict) or saved.get("fingerprint") != record["fingerprint"]:
+        old = saved.get("fingerprint") if isinstance(saved, dict) else None
+        raise ValueError(
+            f"--resume: the training data differ from those the run in {workdir} started on (fingerprint {old} in "
+            f"{path}, {record['fingerprint']} now, for data {json.dumps(record['data'], sort_keys=True)}); the "
+            f"checkpoints would go on training on other data. Point data.data_dir at the run's data, or start "
+            f"afresh in a new --workdir."
+        )
+    return record
+
+
 class _SigtermFlag:
     """Sets ``hit`` when this process receives SIGTERM (while the block runs, in the main thread).
     Each process of a multi-host run has its own flag: act on :func:`_any_process` of it."""
@@ -434,6 +459,7 @@ def _train_locked(cfg: Config, workdir: str, *, resume: bool, log) -> RunResult:
         _check_resume_config(cfg, cfg_path, latest, ckpt.directory)
 
     stream = make_stream(cfg.data, B, cfg.train.seed, jax.process_index(), jax.process_count())
+    data_record = _check_training_data(workdir, stream, cfg, latest)
     state, static, tx, schedule = init_state(cfg, tuple(stream.event_shape))
     state = jax.device_put(state, shd.replicated(mesh))
     if latest is not None:
@@ -448,6 +474,7 @@ def _train_locked(cfg: Config, workdir: str, *, resume: bool, log) -> RunResult:
             log(f"initialised the parameters from {cfg.train.init_from} (its latest checkpoint's EMA)")
     if is_main:  # atomically: a kill while it is written must not leave the checkpoints without their config
         write_atomic(cfg_path, config_to_json(cfg))
+        write_atomic(os.path.join(workdir, DATA_RECORD), json.dumps(data_record, indent=2))
 
     start = int(state.step)
     writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main, truncate_after=start)
