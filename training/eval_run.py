@@ -80,7 +80,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -331,18 +330,13 @@ def _load_dequantizer(workdir: str):
 
 def _fingerprint(tree) -> str:
     """8 hex digits identifying the arrays of a pytree (a dequantiser: the per-batch file names; a score
-    model: their headers)."""
+    model: their headers): :func:`training.data.array_fingerprint` of its array leaves."""
+    import equinox as eqx
     import jax
 
-    h = hashlib.sha1()
-    for leaf in jax.tree.leaves(tree):
-        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-            a = np.asarray(leaf)
-            h.update(str((a.shape, a.dtype.str)).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-        else:
-            h.update(repr(leaf).encode())
-    return h.hexdigest()[:8]
+    from training.data import array_fingerprint
+
+    return array_fingerprint(*jax.tree.leaves(eqx.filter(tree, eqx.is_array)))[:8]
 
 
 # --- per-batch files --------------------------------------------------------------------------------
@@ -835,11 +829,9 @@ def evaluate_workdir(
                 f"{'-' + deq_label if vlb_mode == 'dequantized' else ''}-t{opts.vlb_t}-draws{opts.vlb_draws}.jsonl"),
     }
     compute = {"ode": ev.ode, "bound": ev.bound, "vlb": ev.vlb}
-    import equinox as eqx
-
-    model_sha = _fingerprint(eqx.filter(model, eqx.is_array))
     from training.data import array_fingerprint
 
+    model_sha = _fingerprint(model)
     data_sha = [array_fingerprint(test.examples[slice(*ev.rows(b)[:2])]) for b in range(n_batches)]
 
     from tqdm.auto import tqdm
