@@ -12,6 +12,7 @@ segfaulted in its next compile (docs/STACK_NOTES.md, pitfall 8).
 """
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def load_benchmark():
 
 
 def _fake_workdir(path, cfg_name: str, overrides, event_shape, scale: float = 0.05):
-    """A training work directory as train() writes it (config.json + an orbax checkpoint at step 5),
+    """A training work directory as train() writes it (config.json, data.json + an orbax checkpoint at step 5),
     with perturbed EMA parameters so that the (zero-output at init) network's ε̂ is not identically 0.
     No training step is compiled."""
     import equinox as eqx
@@ -96,7 +97,8 @@ def _fake_workdir(path, cfg_name: str, overrides, event_shape, scale: float = 0.
 
     from training.checkpoint import Checkpointer
     from training.configs import config_to_json, get_config
-    from training.train import init_state
+    from training.data import make_stream
+    from training.train import DATA_RECORD, _check_training_data, init_state
 
     path.mkdir(parents=True, exist_ok=True)
     cfg = get_config(cfg_name, [*overrides, "train.progress=false"])
@@ -110,6 +112,8 @@ def _fake_workdir(path, cfg_name: str, overrides, event_shape, scale: float = 0.
     ck.save(5, state, force=True)
     ck.close()
     (path / "config.json").write_text(config_to_json(cfg))
+    record = _check_training_data(str(path), make_stream(cfg.data, 8, 0), cfg, None)  # DIR/data.json
+    (path / DATA_RECORD).write_text(json.dumps(record))
     return path
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 import equinox as eqx
@@ -232,13 +233,15 @@ def test_cli_holds_out_images_neither_model_saw(digits_workdir, tmp_path):
     """The CLI's final comparison images: for a score model trained on the digits' training split (the
     presets), ``--eval-images`` of the 297 test digits, and the dequantiser trains on all 1500 training
     digits; for a model trained on ``data.split=test`` the test digits are not unseen by it, so the images
-    are held out from the dequantiser's training only (disjoint from it) and the recorded source says so."""
+    are held out from the dequantiser's training only (disjoint from it) and the recorded source says so.
+    Images other than those the score model trained on (its run's data.json) are refused, naming both
+    fingerprints."""
     import argparse
     import contextlib
     import json
     import shutil
 
-    from training.data import DIGITS_TEST_SIZE, load_digits
+    from training.data import DIGITS_TEST_SIZE, array_fingerprint, load_digits
 
     def prepared(workdir, *flags):
         p = argparse.ArgumentParser()
@@ -260,6 +263,12 @@ def test_cli_holds_out_images_neither_model_saw(digits_workdir, tmp_path):
     cfg = json.loads((w / "config.json").read_text())
     cfg["data"]["split"] = "test"
     (w / "config.json").write_text(json.dumps(cfg))
+    # data.json still records the training split: these are not the images the model trained on
+    with pytest.raises(ValueError, match=rf"the training config's data differ from those the score model in "
+                                         rf"{re.escape(str(w))} was trained on \(fingerprint {array_fingerprint(test)}, "
+                                         rf"recorded {array_fingerprint(train)} in .*data\.json\).*Pass --data-dir"):
+        prepared(w, "--eval-images", "40")
+    (w / "data.json").write_text(json.dumps({"fingerprint": array_fingerprint(test), "data": cfg["data"]}))
     setup = prepared(w, "--eval-images", "40")
     assert "'test'" in setup.eval_source and "dequantiser only" in setup.eval_source
     seen = {setup.images[i].tobytes() for i in setup.tr_idx}

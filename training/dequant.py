@@ -868,6 +868,24 @@ def _resume_score_step(workdir: str, prev: str, saved: dict, step: int | None) -
     return fitted
 
 
+def _check_score_model_data(workdir: str, images: np.ndarray, data_dir: str | None) -> None:
+    """ValueError unless ``images`` are those the score model trained on: the fingerprint its run recorded
+    (``DIR/data.json``, :func:`training.train.saved_data_fingerprint`) must match theirs. A run that
+    predates the record is not checked."""
+    from training.data import array_fingerprint
+    from training.train import saved_data_fingerprint
+
+    saved, path = saved_data_fingerprint(workdir)
+    if saved is None:
+        return
+    now = array_fingerprint(images)
+    if now != saved:
+        where = f"--data-dir {data_dir}" if data_dir else "the training config's data"
+        raise ValueError(f"the images of {where} differ from those the score model in {workdir} was trained on "
+                         f"(fingerprint {now}, recorded {saved} in {path}); the dequantiser would be fitted to other "
+                         "data than the model's. Pass --data-dir with the data the model was trained on.")
+
+
 @dataclasses.dataclass
 class _Setup:
     """What :func:`run` prepared: the frozen score model, the data split, the state to start from
@@ -913,6 +931,7 @@ def _prepare(args, workdir: str, held: contextlib.ExitStack) -> _Setup:
         score_step = _resume_score_step(workdir, prev, saved, args.step)
     model, cfg, sde, score_step = load_model(workdir, score_step)
     images = _images_of(cfg, args.data_dir)
+    _check_score_model_data(workdir, images, args.data_dir)
     if not cfg.data.centered:
         raise ValueError("the dequantiser assumes data centred to [-1, 1] (data.centered=true); this model was not.")
     if cfg.data.split == "train":  # held out from both models: the test split

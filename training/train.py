@@ -313,6 +313,17 @@ def _check_resume_config(cfg: Config, cfg_path: str, latest: int, ckpt_dir: str)
 DATA_RECORD = "data.json"  # the fingerprint of the training data, beside config.json
 
 
+def saved_data_fingerprint(workdir: str) -> tuple[str | None, str]:
+    """(fingerprint, path) of the training data recorded in ``DIR/data.json`` (None where a run predates
+    the record), for every check that the data in hand are those a run trained on: a resume
+    (:func:`_check_training_data`) and the dequantiser fitted to a trained model (training.dequant)."""
+    path = os.path.join(workdir, DATA_RECORD)
+    if not os.path.exists(path):
+        return None, path
+    saved = read_json(path, fix="restore it from a copy of the run, or delete it to skip the check.")
+    return (saved.get("fingerprint") if isinstance(saved, dict) else None), path
+
+
 def _check_training_data(workdir: str, stream, cfg: Config, latest: int | None) -> dict:
     """The record of this run's training data (``DIR/data.json``: :func:`training.data.array_fingerprint`
     of every training image, or of the mixture's parameters, and the data section). A resume must train
@@ -320,12 +331,10 @@ def _check_training_data(workdir: str, stream, cfg: Config, latest: int | None) 
     folder; the embedded digits gained a held-out split in session 12), so a differing fingerprint raises
     a ValueError naming both. A run that predates the record is resumed and recorded."""
     record = {"fingerprint": stream.fingerprint(), "data": config_to_dict(cfg)["data"]}
-    path = os.path.join(workdir, DATA_RECORD)
-    if latest is None or not os.path.exists(path):
+    if latest is None or not os.path.exists(os.path.join(workdir, DATA_RECORD)):
         return record
-    saved = read_json(path, fix="restore it from a copy of the run, or delete it to resume without the check.")
-    if not isinstance(saved, dict) or saved.get("fingerprint") != record["fingerprint"]:
-        old = saved.get("fingerprint") if isinstance(saved, dict) else None
+    old, path = saved_data_fingerprint(workdir)
+    if old != record["fingerprint"]:
         raise ValueError(
             f"--resume: the training data differ from those the run in {workdir} started on (fingerprint {old} in "
             f"{path}, {record['fingerprint']} now, for data {json.dumps(record['data'], sort_keys=True)}); the "
