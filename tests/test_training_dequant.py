@@ -30,7 +30,7 @@ from scipy import stats
 import numerics
 from training import dequant as dq
 from training import evaluate as ev
-from training.data import check_images, load_digits, quantise_digits
+from training.data import array_fingerprint, check_images, load_digits, quantise_digits
 
 F32 = jnp.float32
 
@@ -241,7 +241,7 @@ def test_cli_holds_out_images_neither_model_saw(digits_workdir, tmp_path):
     import json
     import shutil
 
-    from training.data import DIGITS_TEST_SIZE, array_fingerprint, load_digits
+    from training.data import DIGITS_TEST_SIZE
 
     def prepared(workdir, *flags):
         p = argparse.ArgumentParser()
@@ -486,7 +486,8 @@ def _add_score_checkpoint(workdir, step: int, keep: int):
 def test_resume_continues_against_the_score_checkpoint_it_was_fitted_to(digits_workdir, tmp_path, capsys):
     """The dequantiser is fitted to score checkpoint 5; the score model goes on training. ``--resume``
     continues against step 5 while it exists (it used to take the latest, 10, and refuse), refuses a
-    --step other than 5, and once keep-N removed step 5, names that step, the steps left and --step."""
+    --step other than 5, and once keep-N removed step 5, names that step, the steps left and --step. A
+    dequantiser fitted to other training images is not resumed."""
     import shutil
 
     from training.__main__ import main
@@ -500,8 +501,18 @@ def test_resume_continues_against_the_score_checkpoint_it_was_fitted_to(digits_w
     capsys.readouterr()
     assert main(["dequant", "--workdir", str(w), "--steps", "4", "--resume", *common]) == 0
     assert "resuming the dequantiser from step 2 (score checkpoint 5)" in capsys.readouterr().err
-    cfg = json.loads((w / "dequantizer" / "config.json").read_text())
+    path = w / "dequantizer" / "config.json"
+    cfg = json.loads(path.read_text())
     assert cfg["step"] == 4 and cfg["score_step"] == 5
+    assert cfg["train_images"] == array_fingerprint(load_digits("train").images)  # all 1500 training digits
+    # a dequantiser fitted to other images (a changed data folder; before session 13, the training split less
+    # the held-out images, recorded by their number only) is not continued on these
+    for changed in ({"train_images": "0123456789abcdef"}, {"train_images": None, "n_train_images": 1244}):
+        path.write_text(json.dumps({**cfg, **changed}))
+        assert main(["dequant", "--workdir", str(w), "--steps", "6", "--resume", *common]) == 2
+        was = "fingerprint 0123456789abcdef" if changed["train_images"] else "1244 images"
+        assert f"was trained on other images ({was}) than this run would train on" in capsys.readouterr().err
+    path.write_text(json.dumps(cfg))
     assert main(["dequant", "--workdir", str(w), "--steps", "6", "--resume", "--step", "10", *common]) == 2
     assert "fitted to score checkpoint step 5; leave --step out" in capsys.readouterr().err
     _add_score_checkpoint(w, 15, keep=1)  # keep-N removes steps 5 and 10

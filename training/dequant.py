@@ -77,7 +77,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, UInt8
 
 import numerics
 from numerics.likelihood import bits_per_dim
-from training.data import check_images, dequantize_with
+from training.data import array_fingerprint, check_images, dequantize_with
 from training.fileio import DirectoryBusyError, fsync_dir, fsync_file, lock_directory, read_json, write_atomic
 from training.metrics import all_finite
 
@@ -872,7 +872,6 @@ def _check_score_model_data(workdir: str, images: np.ndarray, data_dir: str | No
     """ValueError unless ``images`` are those the score model trained on: the fingerprint its run recorded
     (``DIR/data.json``, :func:`training.train.saved_data_fingerprint`) must match theirs. A run that
     predates the record is not checked."""
-    from training.data import array_fingerprint
     from training.train import saved_data_fingerprint
 
     saved, path = saved_data_fingerprint(workdir)
@@ -884,6 +883,19 @@ def _check_score_model_data(workdir: str, images: np.ndarray, data_dir: str | No
         raise ValueError(f"the images of {where} differ from those the score model in {workdir} was trained on "
                          f"(fingerprint {now}, recorded {saved} in {path}); the dequantiser would be fitted to other "
                          "data than the model's. Pass --data-dir with the data the model was trained on.")
+
+
+def _check_resumed_images(prev: str, saved: dict, fingerprint: str, n: int, workdir: str) -> None:
+    """ValueError unless a ``--resume`` trains on the images the saved dequantiser was fitted to: the
+    fingerprint in its config.json (or, for a dequantiser saved before it was recorded, their number:
+    before session 13 the images of the final comparison were held out of the training set)."""
+    old_fp, old_n = saved.get("train_images"), saved.get("n_train_images")
+    if (old_fp is not None and old_fp != fingerprint) or (old_fp is None and old_n is not None and old_n != n):
+        was = f"fingerprint {old_fp}" if old_fp is not None else f"{old_n} images"
+        now = f"fingerprint {fingerprint}" if old_fp is not None else f"{n} images"
+        raise ValueError(f"--resume: the saved dequantiser in {prev} was trained on other images ({was}) than this "
+                         f"run would train on ({now}); its fit cannot be continued on them. Move {_dir(workdir)} "
+                         "away and fit a new dequantiser.")
 
 
 @dataclasses.dataclass
@@ -950,11 +962,14 @@ def _prepare(args, workdir: str, held: contextlib.ExitStack) -> _Setup:
         raise ValueError(f"{len(tr_idx)} training images are fewer than one batch (--batch-size {args.batch_size}).")
     init = opt_state = None
     start = 0
+    train_images = array_fingerprint(images[tr_idx])
     if prev is not None:
+        _check_resumed_images(prev, saved, train_images, len(tr_idx), workdir)
         init, opt_state, _ = _load_state(workdir, float(args.grad_clip))
         start = int(saved.get("step", 0))
         print(f"resuming the dequantiser from step {start} (score checkpoint {score_step})", file=sys.stderr)
-    meta = dict(score_step=score_step, steps=args.steps, n_train_images=int(len(tr_idx)), identity=identity)
+    meta = dict(score_step=score_step, steps=args.steps, n_train_images=int(len(tr_idx)), train_images=train_images,
+                identity=identity)
     return _Setup(workdir, model, sde, images, tr_idx, eval_images, eval_source, init, opt_state, start,
                   list(saved.get("history", [])), meta)
 
