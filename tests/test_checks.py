@@ -297,6 +297,24 @@ def test_lu_high_order_minimisers(q, sde, seed):
     _assert(lu2022.check_third_order_minimiser(q, sde, seed=seed, n_points=3))
 
 
+def test_a_non_finite_error_at_one_point_fails_the_lu_minimiser_checks(monkeypatch):
+    """The checks take the worst error over their points: a NaN at the third of eight points (where
+    Python's ``max`` would return the largest finite error) makes each check fail."""
+    q, _, sde, _ = _report_case()
+    for name in ("s2_star", "s3_star"):
+        original, calls = getattr(lu2022, name), []
+
+        def poisoned(*args, original=original, calls=calls):
+            calls.append(1)
+            out = original(*args)
+            return out * jnp.nan if len(calls) == 3 else out
+
+        monkeypatch.setattr(lu2022, name, poisoned)
+    results = [*lu2022.check_second_order_minimiser(q, sde, n_points=8), lu2022.check_third_order_minimiser(q, sde, n_points=8)]
+    assert all(math.isnan(r.lhs) and not r.holds for r in results), results
+    assert math.isnan(engine.worst([1e-12, float("nan"), 0.5])) and engine.worst([1e-12, 0.5]) == 0.5
+
+
 @given(mixture_sde_model(kinds=("vp", "subvp")))
 def test_importance_sampling_same_mean(case):
     q, sde, model, seed = case

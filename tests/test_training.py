@@ -564,6 +564,10 @@ def test_digits_presets_train_on_1500_and_hold_out_297(without_jaxtyping):
     np.testing.assert_array_equal(test.examples, te.images)
     assert test.info["split"] == "test" and test.info["held_out"] and test.tag == "digits-test"
     np.testing.assert_array_equal(load_test_set(cfg, split="train").examples, tr.images)
+    assert not load_test_set(cfg, split="train").info["held_out"]
+    # a model trained on the test digits: they are not held out from it, the training digits are
+    on_test = get_config("digits", ["data.split=test"])
+    assert not load_test_set(on_test).info["held_out"] and load_test_set(on_test, split="train").info["held_out"]
     with pytest.raises(ValueError, match="split must be 'train', 'test' or 'all'"):
         tdata.load_digits("valid")
 

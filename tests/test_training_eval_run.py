@@ -333,7 +333,8 @@ def test_stored_batches_are_reused_only_for_the_same_model_and_examples(mix, mix
     examples (its data_sha; its values made absurd): the rerun skips the other batches, recomputes that
     one, and the summary equals the original. (2) A header from another model (a run retrained under the
     same step): exit 2 naming the differing setting and the file to delete. (3) A damaged line in the
-    middle: exit 2 naming the file and line (only a cut-off last line is dropped silently)."""
+    middle: exit 2 naming the file and line (only a cut-off last line is dropped silently). Options a
+    metric does not depend on (the VLB's draws for the ODE, the ODE's tolerance for the bound) may change."""
     wk = _copy_run(mix["workdir"], tmp_path / "copy")
     shutil.copytree(os.path.join(mix["workdir"], "eval"), os.path.join(wk, "eval"))
     path = os.path.join(wk, os.path.relpath(mix_summary["results"]["ode"]["batch_file"], mix["workdir"]))
@@ -357,6 +358,12 @@ def test_stored_batches_are_reused_only_for_the_same_model_and_examples(mix, mix
     np.testing.assert_allclose(recomputed["nats"], original["nats"], rtol=1e-12, atol=1e-12)
     for key in ("nats", "nats_per_dim", "excess_over_true"):
         assert again["results"]["ode"][key] == mix_summary["results"]["ode"][key]
+    # an option a metric does not depend on may change: its stored batches are still reused
+    for other in (["--metrics", "ode,bound", "--vlb-draws", "4"], ["--metrics", "bound", "--tol", "1e-4"]):
+        assert main(["eval", "--workdir", wk] + MIX_ARGS + other) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        for m in other[1].split(","):
+            assert f"{m}: {n_batches} of {n_batches} batches already done" in out, (other, out)
 
     header = json.loads(lines[0])
     header["header"]["model"] = "deadbeef"

@@ -404,7 +404,8 @@ def _train_step(params, static, opt_state, model, sde, k, key, lr, tx):
 @dataclasses.dataclass
 class DequantTrainResult:
     """The trained flow, its optimiser state, the number of steps done, and per-``log_every`` history
-    records (step, objective in nats and bits/dim with standard errors over the window's batches)."""
+    records (the window's first and last step, objective in nats and bits/dim with standard errors over
+    the window's batches)."""
 
     dequantizer: FlowDequantizer
     opt_state: Any
@@ -518,6 +519,7 @@ def train_dequantizer(
                                       data_scale=_scale(deq.centered))
                 rec = {
                     "step": done,
+                    "first_step": done - len(window) + 1,  # the window: steps first_step … step
                     "objective_nats": float(vals.mean()),
                     "objective_se_nats": se,
                     "objective_bpd": float(bpd.values[0]),
@@ -1013,7 +1015,7 @@ def _fit_and_compare(args, setup: _Setup) -> int:
     last = res.history[-1] if res.history else None
     if last is not None:
         print(f"dequantiser step {res.step}: training objective {last['objective_bpd']:.4f} ± "
-              f"{last['objective_se_bpd']:.4f} bits/dim (steps {max(start, last['step'] - args.log_every) + 1}-{last['step']})")
+              f"{last['objective_se_bpd']:.4f} bits/dim (steps {last['first_step']}-{last['step']})")
     if n_eval > 0:
         cmp = compare_dequantization(model, sde, res.dequantizer, eval_images, jax.random.fold_in(key, 2**30),
                                      n_draws=int(args.eval_draws), batch_size=args.batch_size)

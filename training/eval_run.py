@@ -174,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except SolverError as e:
-        print(f"error: {e} Finished batches are kept; rerun (e.g. with a looser --tol) to continue.", file=sys.stderr)
+        print(f"error: {e} The batches finished so far are kept, but the same options fail again at this batch (the "
+              "computation is deterministic): rerun with a looser --tol (the ODE's batches are then computed anew, in "
+              "a file of their own; the other metrics' batches are reused).", file=sys.stderr)
         return 3
     print(format_table(summary))
     print(f"wrote {summary['summary_path']}")
@@ -274,7 +276,7 @@ def load_test_set(cfg, *, limit: int | None = None, num_examples: int = 4096, da
         return TestSet("continuous", x, q, info, f"mixture-{cfg.data.mixture}-n{num_examples}-ds{data_seed}")
     if name == "digits":
         ds = load_digits(split)
-        info = dict(name="digits", split=split, held_out=split == "test",
+        info = dict(name="digits", split=split, held_out=split != cfg.data.split,  # not the split trained on
                     note="the embedded 8x8 digits: the presets train on the first 1500 ('train'), the last 297 are "
                          "held out ('test'; training.data.load_digits)")
         tag = f"digits-{split}"
@@ -286,7 +288,7 @@ def load_test_set(cfg, *, limit: int | None = None, num_examples: int = 4096, da
             ds = load_cifar10(path, split)
         except (FileNotFoundError, ValueError) as e:
             raise EvalError(f"CIFAR-10 test set ({'--data-dir' if data_dir else 'data.data_dir of config.json'}): {e}") from e
-        info = dict(name="cifar10", split=split, data_dir=os.path.abspath(path))
+        info = dict(name="cifar10", split=split, held_out=split != cfg.data.split, data_dir=os.path.abspath(path))
         tag = f"cifar10-{split}"
     else:
         raise EvalError(f"config.json: unknown data set {name!r}; eval supports mixture, digits and cifar10.")
@@ -345,12 +347,13 @@ def _fingerprint(tree) -> str:
 class BatchFile:
     """Append-only JSON-lines file of per-batch results; each record is flushed and fsynced.
 
-    The first line is a header of the settings the batches were computed with (model fingerprint,
-    metric, seed, tolerances, ...). A line cut short by a kill is dropped when the file is opened again;
-    any other damaged line raises. Opening an existing file whose header differs from the current one in
-    anything but which examples are evaluated (``REUSABLE_ACROSS``) raises :class:`EvalError` naming the
-    differing settings: its batches belong to another computation (e.g. a run retrained in the same
-    directory, whose checkpoint has the same step). :meth:`records` returns the records by batch (the last
+    The first line is a header of the settings the batches depend on (model fingerprint, metric, seed,
+    and the metric's own options: the ODE's tolerance, the bound's draws, ...). A line cut short by a kill
+    is dropped when the file is opened again; any other damaged line raises. Opening an existing file whose
+    header differs from the current one in a setting the current one names, other than which examples are
+    evaluated (``REUSABLE_ACROSS``), raises :class:`EvalError` naming the differing settings: its batches
+    belong to another computation (e.g. a run retrained in the same directory, whose checkpoint has the
+    same step). A setting recorded there that the current header does not name is ignored. :meth:`records` returns the records by batch (the last
     wins); the caller reuses one only when its rows and its ``data_sha`` (``training.data.array_fingerprint``
     of its examples) match."""
 
@@ -369,7 +372,8 @@ class BatchFile:
         old = stored[0].get("header") if stored else None
         if not isinstance(old, dict):
             raise EvalError(f"{path}: its first line is not the header of a batch file; {self.fix}")
-        keys = sorted((set(old) | set(header)) - set(self.REUSABLE_ACROSS))
+        # the settings the batches depend on now (a setting recorded there that no longer matters is ignored)
+        keys = sorted(set(header) - set(self.REUSABLE_ACROSS))
         differ = [k for k in keys if old.get(k) != header.get(k)]
         if differ:
             what = "; ".join(f"{k}: {old.get(k, '(absent)')!r} there, {header.get(k, '(absent)')!r} now" for k in differ)
@@ -829,6 +833,13 @@ def evaluate_workdir(
                 f"{'-' + deq_label if vlb_mode == 'dequantized' else ''}-t{opts.vlb_t}-draws{opts.vlb_draws}.jsonl"),
     }
     compute = {"ode": ev.ode, "bound": ev.bound, "vlb": ev.vlb}
+    # the options each metric's numbers depend on (in its file's header); the others may change freely
+    metric_settings = {
+        "ode": dict(tol=opts.tol, divergence=ev.divergence,
+                    **({"n_probes": opts.n_probes} if ev.divergence == "hutchinson" else {})),
+        "bound": dict(bound_draws=opts.bound_draws),
+        "vlb": dict(vlb_draws=opts.vlb_draws, vlb_t=opts.vlb_t),
+    }
     from training.data import array_fingerprint
 
     model_sha = _fingerprint(model)
@@ -845,10 +856,8 @@ def evaluate_workdir(
         for m in opts.metrics:
             path = os.path.join(eval_dir, file_names[m])
             header = dict(metric=m, checkpoint_step=step, model=model_sha, ema=ema, seed=opts.seed, batch_size=B,
-                          data=test.info,
-                          n_examples=N, n_batches=n_batches, dequantization=deq_of[m], tol=opts.tol,
-                          n_probes=opts.n_probes, divergence=ev.divergence, bound_draws=opts.bound_draws,
-                          vlb_draws=opts.vlb_draws, vlb_t=opts.vlb_t, schema=SCHEMA)
+                          data=test.info, n_examples=N, n_batches=n_batches, dequantization=deq_of[m],
+                          **metric_settings[m], schema=SCHEMA)
             bf = BatchFile(path, header)
             old = bf.records()
             done = {}

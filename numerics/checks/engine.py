@@ -45,6 +45,7 @@ from numerics.sde import SDE
 
 __all__ = [
     "CheckResult",
+    "worst",
     "identity",
     "inequality",
     "demonstration",
@@ -101,6 +102,12 @@ def _jsonable(v):
     if isinstance(v, (int, float, str, bool)) or v is None:
         return v
     return repr(v)
+
+
+def worst(errors) -> float:
+    """The largest of ``errors``, NaN if any is NaN (Python's ``max`` drops a NaN that is not first,
+    which would let a non-finite error pass an identity check)."""
+    return float(np.max(np.asarray(errors, dtype=float)))
 
 
 def identity(
