@@ -318,6 +318,14 @@ def test_cli_trains_saves_resumes_and_loads(digits_workdir, tmp_path, capsys):
     x2, q2 = dq.dequantize_variational(r2, images, jax.random.key(3))
     np.testing.assert_array_equal(np.asarray(x1), np.asarray(x2))
     np.testing.assert_array_equal(np.asarray(q1), np.asarray(q2))
+    r3, saved = dq.load_dequantizer(tmp_path / "c", with_config=True)
+    assert saved["hidden"] == 4 and saved["n_layers"] == 2 and jax.tree.all(jax.tree.map(jnp.array_equal, eqx.filter(r3, eqx.is_array), eqx.filter(r2, eqx.is_array)))
+    flow = tmp_path / "c" / "dequantizer" / "flow.eqx"  # a damaged save: an error naming the file and the fix
+    intact = flow.read_bytes()
+    flow.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(ValueError, match=rf"{re.escape(str(flow))} cannot be read .*remove .*python -m training dequant"):
+        dq.load_dequantizer(tmp_path / "c")
+    flow.write_bytes(intact)
     # no temporary left behind (.dequantizer.lock: the lock of the dequantiser's writer, training.dequant._lock)
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".dequantizer.lock", "dequantizer"]
 

@@ -506,8 +506,8 @@ class _FakeDequant:
 
     LOG_Q = 3.0
 
-    def __init__(self, saved: bool):
-        self.saved = saved
+    def __init__(self, saved: bool, score_step: int = 0, damaged: bool = False):
+        self.saved, self.score_step, self.damaged = saved, score_step, damaged
 
     def add_arguments(self, parser):  # training/__main__.py registers the module's sub-command
         parser.add_argument("--workdir")
@@ -515,8 +515,11 @@ class _FakeDequant:
     def run(self, args):
         raise AssertionError("not called")
 
-    def load_dequantizer(self, workdir):
-        return {"c": jnp.asarray(self.LOG_Q)} if self.saved else None
+    def load_dequantizer(self, workdir, with_config=False):
+        if self.damaged:
+            raise ValueError(f"{workdir}/dequantizer/flow.eqx cannot be read (EOFError); remove it and fit again")
+        deq = {"c": jnp.asarray(self.LOG_Q)} if self.saved else None
+        return (deq, {"score_step": self.score_step}) if with_config and deq is not None else deq
 
     @staticmethod
     def dequantize_variational(deq, images_uint8, key):
@@ -529,8 +532,9 @@ def test_variational_dequantisation_adds_log_q_and_fails_clearly_without_a_dequa
                                                                                       capsys):
     """--dequant variational reports E_q[−log p(x) + log q(u|k)] (THEORY.md §2.9): with q's u equal to
     the uniform dequantiser's and log q ≡ 3 nats, the bound moves by exactly 3/(D ln 2) bits/dim from
-    the uniform run's. Without a saved dequantiser (or without training/dequant.py) the error names
-    the fix."""
+    the uniform run's. A dequantiser fitted to another checkpoint is named on screen and in the summary.
+    Without a saved dequantiser, with a damaged one, or without training/dequant.py, exit 2 and the error
+    names the fix."""
     import training
 
     common = ["eval", "--workdir", digits_workdir, "--limit", "8", "--batch-size", "8", "--metrics", "bound,vlb",
@@ -551,6 +555,18 @@ def test_variational_dequantisation_adds_log_q_and_fails_clearly_without_a_dequa
         assert var["bits_per_dim"]["mean"] == pytest.approx(uni["bits_per_dim"]["mean"] + 3.0 / (64 * math.log(2)),
                                                             abs=1e-9)
         assert var["nats"]["mean"] == pytest.approx(uni["nats"]["mean"] + 3.0, abs=1e-9)
+
+    # fitted to another score checkpoint: said on screen and in the summary (the bound holds for any q)
+    monkeypatch.setattr(fake, "score_step", 5)
+    capsys.readouterr()
+    assert main(common + ["--dequant", "variational"]) == 0
+    assert "fitted to score checkpoint 5, not to step 0 evaluated here" in capsys.readouterr().out
+    with open(os.path.join(digits_workdir, "eval_step0_variational.json")) as f:
+        assert json.load(f)["dequantizer"]["fitted_to_score_step"] == 5
+    monkeypatch.setattr(fake, "damaged", True)
+    assert main(common + ["--dequant", "variational"]) == 2
+    assert "error: --dequant variational: " in capsys.readouterr().err
+    monkeypatch.setattr(fake, "damaged", False)
 
     capsys.readouterr()
     monkeypatch.setattr(fake, "saved", False)

@@ -741,16 +741,25 @@ def _clean_up_after_a_kill(workdir: str) -> None:
         _remove_stale_temporaries(workdir)
 
 
-def load_dequantizer(workdir: str | os.PathLike) -> FlowDequantizer | None:
+def load_dequantizer(workdir: str | os.PathLike, *, with_config: bool = False):
     """The :class:`FlowDequantizer` saved in ``<workdir>/dequantizer/`` (by ``python -m training dequant``
     or :func:`save_dequantizer`; ``dequantizer.old`` where a save was cut short between its renames),
-    or None if the work directory has none. Removes the temporary folders of saves a kill cut short
-    when no dequantiser run is live there."""
+    or None if the work directory has none; with ``with_config``, (flow, its config.json) — which
+    records, e.g., the score checkpoint it was fitted to (``score_step``). Removes the temporary folders
+    of saves a kill cut short when no dequantiser run is live there. A damaged save raises ValueError
+    naming the file and the fix."""
     _clean_up_after_a_kill(os.fspath(workdir))
     path = _existing(workdir)
     if path is None:
         return None
-    return eqx.tree_deserialise_leaves(os.path.join(path, "flow.eqx"), _skeleton(_read_config(path)))
+    cfg = _read_config(path)
+    flow_path = os.path.join(path, "flow.eqx")
+    try:
+        deq = eqx.tree_deserialise_leaves(flow_path, _skeleton(cfg))
+    except (OSError, EOFError, RuntimeError, ValueError) as e:  # e.g. a file cut short or overwritten by hand
+        raise ValueError(f"{flow_path} cannot be read ({type(e).__name__}: {e}); remove {path} and fit the "
+                         "dequantiser again (python -m training dequant).") from e
+    return (deq, cfg) if with_config else deq
 
 
 def _load_state(workdir, grad_clip: float):

@@ -321,13 +321,17 @@ def _load_dequantizer(workdir: str):
             f"checkout. Train one with `python -m training dequant --workdir {workdir}` once it exists, or use "
             "--dequant uniform."
         ) from None
-    deq = deq_mod.load_dequantizer(workdir)
-    if deq is None:
+    try:
+        loaded = deq_mod.load_dequantizer(workdir, with_config=True)
+    except (ValueError, OSError) as e:  # a damaged save: the message names the file and the fix
+        raise EvalError(f"--dequant variational: {e}") from e
+    if loaded is None:
         raise EvalError(
             f"--dequant variational: no trained dequantiser in {workdir}. Train one with "
             f"`python -m training dequant --workdir {workdir}`, or use --dequant uniform."
         )
-    return deq, deq_mod.dequantize_variational
+    deq, cfg = loaded
+    return deq, deq_mod.dequantize_variational, cfg.get("score_step")
 
 
 def _fingerprint(tree) -> str:
@@ -806,15 +810,20 @@ def evaluate_workdir(
     if len(test) == 0:
         raise EvalError("the test set is empty (check --limit / --num-examples).")
     vlb_mode = vlb_data_mode(cfg, test.kind, opts.vlb_data)
-    deq = deq_fn = None
+    deq = deq_fn = deq_step = None
     deq_label = "continuous" if test.kind == "continuous" else opts.dequant
     uses_deq = {"ode", "bound"} | ({"vlb"} if vlb_mode == "dequantized" else set())
     if test.kind == "image" and opts.dequant == "variational" and (uses_deq & set(opts.metrics)):
-        deq, deq_fn = _load_dequantizer(workdir)
+        deq, deq_fn, deq_step = _load_dequantizer(workdir)
         deq_label = f"variational-{_fingerprint(deq)}"
 
     t_start = time.time()
     model, cfg, sde, step = _load_model(workdir, step, ema, cfg_dict, opts.data_dir)
+    if deq is not None and deq_step != step:
+        log(f"note: the variational dequantiser was fitted to score checkpoint {deq_step}, not to step {step} "
+            "evaluated here: the bound holds for any q(u|x), but may be looser than with a dequantiser fitted to "
+            f"this step (move {os.path.join(workdir, 'dequantizer')} away and run python -m training dequant "
+            f"--step {step}).")
     ev = _Evaluator(model, sde, test, opts, mesh, deq, deq_fn, vlb_mode)
 
     N, B = len(test), opts.batch_size
@@ -886,6 +895,8 @@ def evaluate_workdir(
 
         summary = _summarise(all_records, test, opts, ev, step, ema, workdir, cfg, sde, n_dev, deq_of,
                              {m: os.path.join(eval_dir, file_names[m]) for m in opts.metrics}, n_batches)
+        if deq is not None:
+            summary["dequantizer"] = dict(label=deq_label, fitted_to_score_step=deq_step)
         summary["wall_time_s"] = round(time.time() - t_start, 3)
         path = os.path.abspath(out) if out else summary_path(workdir, step, deq_label.split("-")[0], ema)
         summary["summary_path"] = path
