@@ -332,6 +332,22 @@ def test_importance_sampling_same_mean(case):
     assert (same.name, quad.name) == ("is_same_mean", "is_matches_quadrature") and quad.lhs == same.rhs
 
 
+def test_importance_sampling_check_detects_a_wrong_t_density(monkeypatch):
+    """Negative control of the IS check: t drawn from p(t) on [1e-2, T] while the weight keeps the
+    normaliser of [t_min, T] (a sampler/normaliser mismatch) biases the IS mean far beyond 3 SE of the
+    quadrature value; the correct sampler agrees with it (report's case and sizes)."""
+    q, _, sde, _ = _report_case()
+    model = random_perturbation(q.score_fn(sde), sde, q.dim, 11, 0.3)
+    size = dict(n_samples=20 * N_REPORT, n_quad_samples=128)
+    good = importance.check_importance_sampling(q, model, sde, seed=1, **size)
+    assert all(r.holds for r in good), good
+    right = type(sde).importance_sample_t
+    monkeypatch.setattr(type(sde), "importance_sample_t",
+                        lambda self, key, shape=(), t_min=None, dtype=None: right(self, key, shape, 1e-2, dtype))
+    _, quad = importance.check_importance_sampling(q, model, sde, seed=1, **size)
+    assert not quad.holds and abs(quad.gap) > 6 * quad.stderr, quad
+
+
 def _report_case():
     """The report's data/model mixtures, VP SDE and point: shapes shared with run_all's compiled code."""
     return cases.data_mixture(), cases.model_mixture(), CASE_SDES["vp"], jnp.array([0.4, 0.3])
