@@ -163,3 +163,25 @@ def test_the_theorem_table_is_in_the_report_and_a_failed_check_fails_the_run(tmp
     assert "# Theorem checks" in text and "| song_thm2_tight | NO |" in text
     captured = capsys.readouterr()
     assert "1/2 checks hold" in captured.out and "song_thm2_tight" in captured.err
+
+
+def test_a_theorem_table_that_cannot_be_made_fails_the_run_and_the_report_is_still_written(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """numerics.report raising (a broken import or check), or exiting without its report.json, fails
+    the run (exit 1, named on stderr) instead of a table quietly missing; REPORT.md is still written."""
+    from numerics import report
+    from paper_figures import __main__ as runner
+
+    monkeypatch.setattr(runner, "_select", lambda only: [])
+
+    def broken(argv):
+        raise ImportError("cannot import name 'run_all' from 'numerics.checks.cases'")
+
+    for fake, said in ((broken, "ImportError: cannot import name 'run_all'"),
+                       (lambda argv: 0, "exited 0 without writing")):
+        monkeypatch.setattr(report, "main", fake)
+        out = tmp_path / fake.__name__
+        assert runner.main(["--reduced", "--out", str(out)]) == 1
+        assert said in capsys.readouterr().err
+        assert "**The theorem table failed:**" in (out / "REPORT.md").read_text()
+
