@@ -102,8 +102,8 @@ def _mixture_panel(ctx: Context, ax, summary, lines):
         bound = ev.eps_offset_bound(model, sde, x, jax.random.fold_in(k_b, i), n_draws=n_draws)
         cells = []
         for j, (est, name, hatch) in enumerate(((nll, "ODE NLL", ""), (bound, "bound (Thm 2 + ε-offset)", "//"))):
-            excess = est.values - true_nll  # paired on the same test points: the spread of −log q cancels
-            ex, ex_se = excess.mean(), excess.std(ddof=1) / np.sqrt(excess.size)
+            excess = est.minus(true_nll)  # paired on the same test points: the spread of −log q cancels
+            ex, ex_se = excess.mean, excess.se
             ax.bar(i + (j - 0.5) * 0.38, ex, 0.36, yerr=3 * ex_se, capsize=3, color=f"C{i}", hatch=hatch,
                    edgecolor="k", alpha=0.8, label=name if i == 0 else None)
             cells.append(f"{ex:.4f} ± {ex_se:.4f}")

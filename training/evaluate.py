@@ -118,6 +118,13 @@ class Estimate:
         n = self.values.shape[0]
         return float(np.std(self.values, ddof=1) / math.sqrt(n)) if n > 1 else float(self.stderr[0])
 
+    def minus(self, reference: ArrayLike) -> "Estimate":
+        """The paired difference ``values − reference`` on the same examples (e.g. the excess over the
+        true −log q(x) at the test points): its :attr:`se` is the paired standard error, in which the
+        spread of ``reference`` over the examples cancels."""
+        reference = np.asarray(reference, np.float64).reshape(self.values.shape)
+        return Estimate(self.values - reference, self.stderr, self.unit)
+
     def __str__(self) -> str:
         return f"{self.mean:.4f} ± {self.se:.4f} {self.unit}"
 
