@@ -295,11 +295,14 @@ class GaussianMixture(eqx.Module):
         x = _check_points(x, self.dim)
         return jnp.vectorize(self._grad_laplacian1, signature="(d)->(d)")(x)
 
-    @eqx.filter_jit
     def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n D"]:
-        """n independent draws (``n`` a non-negative Python int: it is a static shape)."""
+        """n independent draws (``n`` a non-negative integer, Python or NumPy: it is a static shape)."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"n must be a non-negative integer number of samples; got {n!r}.")
+        return self._sample(key, int(n))
+
+    @eqx.filter_jit
+    def _sample(self, key, n: int):
         k_comp, k_noise = jax.random.split(key)
         comp = jax.random.categorical(k_comp, self.log_weights, shape=(n,))
         z = jax.random.normal(k_noise, (n, self.dim), dtype=self.means.dtype)
@@ -314,7 +317,11 @@ class GaussianMixture(eqx.Module):
         """
         _check_scalar_time(t)
         _check_points(x_t, self.dim, "x_t")
-        return self._posterior(sde, jnp.asarray(check_time(sde, t)), jnp.asarray(x_t))
+        t = jnp.asarray(check_time(sde, t))
+        if not isinstance(t, jax.core.Tracer) and not float(sde.variance(t)) > 0:
+            raise ValueError(f"t={float(t):g}: the posterior of x_0 given x_t needs σ_t > 0 (at σ_t = 0, x_0 = x_t/α_t "
+                             "exactly); pass a t with noise, e.g. t >= sde.t_min > 0.")
+        return self._posterior(sde, t, jnp.asarray(x_t))
 
     @eqx.filter_jit
     def _posterior(self, sde, t, x_t):
@@ -365,15 +372,24 @@ class MixtureScore(eqx.Module):
     def _at(self, t) -> GaussianMixture:
         return self.mixture._diffuse(self.sde.mean_coeff(t), self.sde.variance(t))
 
+    def _point(self, x, ndim: int | None = None) -> Array:
+        """``x`` with its last axis (and, if given, its number of axes) checked — static, so free inside
+        jit: a wrong D would otherwise be read with JAX's clamped indexing or broadcast, silently
+        giving another point's score."""
+        x = _check_points(x, self.mixture.dim)
+        if ndim is not None and x.ndim != ndim:
+            raise ValueError(f"x must have shape (N, D) with D={self.mixture.dim}; got shape {tuple(x.shape)}.")
+        return x
+
     def __call__(self, x: Float[Array, " D"], t) -> Float[Array, " D"]:
-        return self._at(t)._score1(x)
+        return self._at(t)._score1(self._point(x))
 
     def score_and_divergence(self, x: Float[Array, " D"], t) -> tuple[Float[Array, " D"], Float[Array, ""]]:
         """(∇ log q_t(x), Δ log q_t(x)) in closed form: the exact divergence for
         :func:`numerics.likelihood.ode_log_likelihood` at O(K D²) instead of D Jacobian-vector products."""
-        return self._at(t)._score_and_laplacian1(x)
+        return self._at(t)._score_and_laplacian1(self._point(x))
 
     def score_and_divergence_batch(self, x: Float[Array, "N D"], t) -> tuple[Float[Array, "N D"], Float[Array, " N"]]:
         """:meth:`score_and_divergence` for a batch at one time t, laid out for a batch (see
         ``GaussianMixture._score_and_laplacian_batch``); used by the shared-step likelihood."""
-        return self._at(t)._score_and_laplacian_batch(x)
+        return self._at(t)._score_and_laplacian_batch(self._point(x, 2))

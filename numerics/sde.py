@@ -213,7 +213,8 @@ class SDE(eqx.Module):
         """Exact inverse of :meth:`importance_cdf`: log SNR is uniform under p(t)."""
         t0 = self.t_min if t_min is None else t_min
         lam0 = self.log_snr(jnp.asarray(t0))
-        return self.inverse_log_snr(lam0 - jnp.asarray(u) * self.importance_normaliser(t0))
+        t = self.inverse_log_snr(lam0 - jnp.asarray(u) * self.importance_normaliser(t0))
+        return jnp.clip(t, t0, self.T)  # rounding at u = 0 or 1 (VE: 1 + 2e-16) must not leave [t_min, T]
 
     def importance_sample_t(self, key: PRNGKeyArray, shape=(), t_min: float | None = None, dtype=None):
         """Draw t ~ p(t) ∝ g²/σ² on [t_min, T] by the exact inverse CDF."""

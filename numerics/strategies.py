@@ -70,12 +70,18 @@ def _param(draw, lo: float, hi: float, continuous: bool, grid: tuple[float, ...]
 def sdes(draw, kinds: tuple[str, ...] = ("vp", "subvp", "ve"), t_min: float | None = None, continuous: bool = False):
     """A random SDE of one of ``kinds`` (see :data:`SDE_KINDS`) with parameters near the papers'.
 
-    SDE parameters are static (compile-time) fields, so by default each parameter is drawn from a
-    small grid spanning its range: examples then share compiled code. ``continuous=True`` draws
-    every parameter from its whole interval instead (one compilation per example).
+    ``t_min`` (given, or drawn from {1e-5 (the papers' VP and VE value), 1e-4, 1e-3, 1e-2}) is a
+    static (compile-time) field; by default the other parameters too are drawn from a small grid
+    spanning their range, so that examples share compiled code and test values. ``continuous=True``
+    draws every parameter, t_min included (log-uniform), from its whole interval instead.
     """
     kind = draw(st.sampled_from(kinds))
-    eps = t_min if t_min is not None else draw(st.sampled_from([1e-4, 1e-3, 1e-2]))
+    if t_min is not None:
+        eps = t_min
+    elif continuous:
+        eps = 10.0 ** draw(st.floats(-5.0, -2.0))
+    else:
+        eps = draw(st.sampled_from([1e-5, 1e-4, 1e-3, 1e-2]))
     if kind in ("vp", "subvp"):
         beta_min = _param(draw, 0.05, 0.5, continuous, (0.1, 0.3))
         beta_max = _param(draw, 5.0, 25.0, continuous, (8.0, 20.0))
@@ -89,7 +95,7 @@ def sdes(draw, kinds: tuple[str, ...] = ("vp", "subvp", "ve"), t_min: float | No
         gamma_min = _param(draw, -14.0, -8.0, continuous, (-13.3, -10.0))
         gamma_max = _param(draw, 3.0, 8.0, continuous, (5.0, 8.0))
         cls = draw(st.sampled_from([LinearGamma, CosineGamma]))
-        return LogSNRSDE(cls(gamma_min, gamma_max), t_min=0.0)
+        return LogSNRSDE(cls(gamma_min, gamma_max), t_min=0.0 if t_min is None else t_min)  # VDM integrates from 0
     if kind == "li_yan":
         return LiYanSDE(t_min=eps)
     raise ValueError(f"unknown SDE kind {kind!r}; choose from {SDE_KINDS}.")

@@ -230,6 +230,31 @@ def test_points_of_wrong_dimension_raise_in_posterior_and_denoiser():
         numerics.mixture._check_points(np.zeros(()), 2)
 
 
+def test_the_score_function_checks_its_points_and_the_posterior_its_time(without_jaxtyping):
+    """MixtureScore (the mixture's score as a model) read a wrong last axis with JAX's clamped indexing
+    (a (4, 1) or (4, 3) batch gave (4, 2) scores) or broadcast it; now a ValueError naming x and D. The
+    posterior (and s2_star, s3_star through it) at σ_t = 0 returned NaN; now a ValueError naming t.
+    sample takes a NumPy integer (it was traced by the jit and refused)."""
+    from numerics.high_order import s2_star
+
+    mix, sde = _two_d_mixture(), numerics.VPSDE()
+    ms = mix.score_fn(sde)
+    for fn, shape in ((ms.score_and_divergence_batch, (4, 1)), (ms.score_and_divergence_batch, (4, 3)), (ms, (1,)),
+                      (ms.score_and_divergence, (3,))):
+        with pytest.raises(ValueError, match=rf"x must have last axis of size D=2 .*got shape {re.escape(str(shape))}"):
+            fn(jnp.ones(shape), 0.5)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, D\) with D=2; got shape \(2,\)"):
+        ms.score_and_divergence_batch(jnp.ones(2), 0.5)
+    x = jnp.array([[0.2, -0.3], [1.0, 0.5]])
+    np.testing.assert_allclose(ms.score_and_divergence_batch(x, 0.5)[0], mix.diffuse(sde, 0.5).score(x), rtol=1e-12)
+    for fn in (lambda: mix.posterior(sde, 0.0, x[0]), lambda: s2_star(mix, sde, 0.0, x[0], x[1])):
+        with pytest.raises(ValueError, match=r"t=0: the posterior of x_0 given x_t needs σ_t > 0"):
+            fn()
+    assert bool(jnp.all(jnp.isfinite(s2_star(mix, sde, sde.t_min, x[0], x[1]))))
+    assert mix.sample(jax.random.key(0), np.int64(5)).shape == (5, 2)
+    np.testing.assert_array_equal(mix.sample(jax.random.key(0), np.int64(5)), mix.sample(jax.random.key(0), 5))
+
+
 def test_non_scalar_time_raises():
     """t = [0.1, 0.9] on a 2-D mixture used one time per dimension; now a ValueError that suggests jax.vmap,
     and the suggested vmap agrees with scalar calls."""

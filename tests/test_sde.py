@@ -92,6 +92,20 @@ def test_importance_inverse_cdf_round_trip(sde, u):
     assert float(sde.importance_cdf(t)) == pytest.approx(u, abs=1e-10)
 
 
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_importance_inverse_cdf_stays_in_the_time_range_at_its_ends(kind):
+    """u = 0 and u = 1 map to t_min and T (up to rounding inside [t_min, T]): the VE SDE's exact kernel gave
+    1 + 2e-16 at u = 1, outside
+    [0, T], which a later eager call refused (stratified draws (k + U)/n can round to 1)."""
+    sde = {"vp": numerics.VPSDE, "subvp": numerics.SubVPSDE, "ve": numerics.VESDE,
+           "ve_score_sde": lambda: numerics.VESDE(kernel="score_sde"), "li_yan": numerics.LiYanSDE,
+           "logsnr": lambda: numerics.LogSNRSDE(numerics.LinearGamma())}[kind]()
+    t = sde.importance_inverse_cdf(jnp.array([0.0, 1.0]))
+    assert sde.t_min <= float(t[0]) <= sde.t_min * (1 + 1e-9) and sde.T * (1 - 1e-12) <= float(t[1]) <= sde.T
+    assert float(numerics.VESDE().importance_inverse_cdf(1.0)) == 1.0
+    sde.variance(t)  # in range: no error
+
+
 @given(nst.sdes(kinds=("vp", "subvp", "ve", "logsnr")), st.floats(0.05, 0.95))
 def test_importance_cdf_matches_quadrature(sde, t):
     """CDF(t) = ∫_{t_min}^t (g²/σ²) / ∫_{t_min}^T (g²/σ²), by quadrature in log t."""
