@@ -72,8 +72,8 @@ def _validate(weights, means, covariances) -> None:
     if w.ndim != 1 or w.size == 0:
         raise ValueError(f"weights must be a non-empty 1-D array of shape (K,); got shape {w.shape}.")
     K = w.size
-    if m.ndim != 2 or m.shape[0] != K:
-        raise ValueError(f"means must have shape (K, D) = ({K}, D) to match weights; got shape {m.shape}.")
+    if m.ndim != 2 or m.shape[0] != K or m.shape[1] == 0:
+        raise ValueError(f"means must have shape (K, D) = ({K}, D) with D >= 1, to match weights; got shape {m.shape}.")
     D = m.shape[1]
     if c.shape != (K, D, D):
         raise ValueError(f"covariances must have shape (K, D, D) = ({K}, {D}, {D}); got shape {c.shape}.")

@@ -177,6 +177,7 @@ def test_jit_and_vmap_friendly():
         (dict(weights=[1.2, -0.2]), "weights must be non-negative"),
         (dict(weights=[0.5, np.nan]), "weights contains NaN"),
         (dict(means=[[0.0, 0.0]]), r"means must have shape \(K, D\)"),
+        (dict(means=np.zeros((2, 0)), covariances=np.zeros((2, 0, 0))), r"means must have shape .* with D >= 1"),
         (dict(means=[[0.0, np.inf], [1.0, 1.0]]), "means contains NaN"),
         (dict(covariances=np.stack([np.eye(2), [[1.0, 0.5], [0.0, 1.0]]])), r"covariances\[1\] is not symmetric"),
         (dict(covariances=np.stack([np.eye(2), [[1.0, 2.0], [2.0, 1.0]]])), r"covariances\[1\] is not positive definite"),
