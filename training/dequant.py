@@ -879,17 +879,14 @@ def _resume_score_step(workdir: str, prev: str, saved: dict, step: int | None) -
     return fitted
 
 
-def _check_score_model_data(workdir: str, images: np.ndarray, data_dir: str | None) -> None:
-    """ValueError unless ``images`` are those the score model trained on: the fingerprint its run recorded
-    (``DIR/data.json``, :func:`training.train.saved_data_fingerprint`) must match theirs. A run that
-    predates the record is not checked."""
+def _check_score_model_data(workdir: str, now: str, data_dir: str | None) -> None:
+    """ValueError unless the images of fingerprint ``now`` are those the score model trained on: the
+    fingerprint its run recorded (``DIR/data.json``, :func:`training.train.saved_data_fingerprint`) must
+    match. A run that predates the record is not checked."""
     from training.train import saved_data_fingerprint
 
     saved, path = saved_data_fingerprint(workdir)
-    if saved is None:
-        return
-    now = array_fingerprint(images)
-    if now != saved:
+    if saved is not None and now != saved:
         where = f"--data-dir {data_dir}" if data_dir else "the training config's data"
         raise ValueError(f"the images of {where} differ from those the score model in {workdir} was trained on "
                          f"(fingerprint {now}, recorded {saved} in {path}); the dequantiser would be fitted to other "
@@ -954,7 +951,8 @@ def _prepare(args, workdir: str, held: contextlib.ExitStack) -> _Setup:
         score_step = _resume_score_step(workdir, prev, saved, args.step)
     model, cfg, sde, score_step = load_model(workdir, score_step)
     images = _images_of(cfg, args.data_dir)
-    _check_score_model_data(workdir, images, args.data_dir)
+    images_fp = array_fingerprint(images)
+    _check_score_model_data(workdir, images_fp, args.data_dir)
     if not cfg.data.centered:
         raise ValueError("the dequantiser assumes data centred to [-1, 1] (data.centered=true); this model was not.")
     if cfg.data.split == "train":  # held out from both models: the test split
@@ -973,7 +971,8 @@ def _prepare(args, workdir: str, held: contextlib.ExitStack) -> _Setup:
         raise ValueError(f"{len(tr_idx)} training images are fewer than one batch (--batch-size {args.batch_size}).")
     init = opt_state = None
     start = 0
-    train_images = array_fingerprint(images[tr_idx])
+    whole = np.array_equal(tr_idx, np.arange(images.shape[0]))  # the whole split: its fingerprint is at hand
+    train_images = images_fp if whole else array_fingerprint(images[tr_idx])
     if prev is not None:
         _check_resumed_images(prev, saved, train_images, len(tr_idx), workdir)
         init, opt_state, _ = _load_state(workdir, float(args.grad_clip))

@@ -357,9 +357,9 @@ class BatchFile:
     header differs from the current one in a setting the current one names, other than which examples are
     evaluated (``REUSABLE_ACROSS``), raises :class:`EvalError` naming the differing settings: its batches
     belong to another computation (e.g. a run retrained in the same directory, whose checkpoint has the
-    same step). A setting recorded there that the current header does not name is ignored. :meth:`records` returns the records by batch (the last
-    wins); the caller reuses one only when its rows and its ``data_sha`` (``training.data.array_fingerprint``
-    of its examples) match."""
+    same step). A setting recorded there that the current header does not name is ignored.
+    :meth:`records` returns the records by batch (the last wins); the caller reuses one only when its rows
+    and its ``data_sha`` (``training.data.array_fingerprint`` of its examples) match."""
 
     REUSABLE_ACROSS = ("n_examples", "n_batches", "data")
 
@@ -820,7 +820,8 @@ def evaluate_workdir(
     t_start = time.time()
     model, cfg, sde, step = _load_model(workdir, step, ema, cfg_dict, opts.data_dir)
     if deq is not None and deq_step != step:
-        log(f"note: the variational dequantiser was fitted to score checkpoint {deq_step}, not to step {step} "
+        fitted = "to an unrecorded score checkpoint" if deq_step is None else f"to score checkpoint {deq_step}"
+        log(f"note: the variational dequantiser was fitted {fitted}, not to step {step} "
             "evaluated here: the bound holds for any q(u|x), but may be looser than with a dequantiser fitted to "
             f"this step (move {os.path.join(workdir, 'dequantizer')} away and run python -m training dequant "
             f"--step {step}).")
