@@ -5,8 +5,9 @@ Uniform t ~ U[ε, T] (weighting "g2") versus t ~ p(t) ∝ g²/σ² (weighting "g
 exact inverse CDF from :meth:`numerics.sde.SDE.importance_sample_t`): both single-sample estimators
 from :func:`numerics.losses.dsm_loss` have expectation J_DSM(θ; g²) over [ε, T]. The check is the
 equality of the means (independent samples, SE = √(se₁² + se₂²)), and of the IS mean with the log-SNR
-quadrature value (per-path, engine; a low-variance third estimate); the variances and their ratio are
-reported (smaller variance under IS is Song's motivation, not a theorem).
+quadrature value (:func:`estimator_moments`: per-path, engine; a low-variance third estimate); the
+variances and their ratio are reported, by sample and by quadrature (smaller variance under IS is Song's
+motivation, not a theorem).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 
 from numerics.checks import engine
 from numerics.checks.engine import CheckResult
-from numerics.checks.song2021 import check_dsm_constant
 from numerics.losses import dsm_loss, dsm_loss_terms
 from numerics.mixture import GaussianMixture
 from numerics.sde import SDE
@@ -32,8 +32,8 @@ def check_importance_sampling(q: GaussianMixture, model, sde: SDE, *, seed: int 
     """E[uniform-t estimator] = E[IS estimator] = J_DSM(θ; g²) (Song+21 §5, THEORY.md §2.6).
 
     Two identities: the means of the uniform-t and IS estimators (independent samples), and the IS mean
-    against the log-SNR quadrature value of J_DSM (:func:`numerics.checks.song2021.check_dsm_constant`,
-    independent paths). The second has the smaller SE (the uniform-t estimator's variance is several
+    against the log-SNR quadrature value of J_DSM (:func:`estimator_moments`, independent paths; it also
+    gives the variance ratio without the uniform-t draws' heavy tail). The second has the smaller SE (the uniform-t estimator's variance is several
     times IS's), so it is the sharper test of the IS density p(t) and its normalisation."""
     engine.check_n_samples(n_samples)
     engine.check_n_samples(n_quad_samples, "n_quad_samples")
@@ -46,11 +46,12 @@ def check_importance_sampling(q: GaussianMixture, model, sde: SDE, *, seed: int 
     mu, se_u = engine.mc_mean(uni)
     mi, se_i = engine.mc_mean(imp)
     var_u, var_i = float(jnp.var(uni)), float(jnp.var(imp))
-    res_q, _, _ = check_dsm_constant(q, model, sde, seed=seed + 1, n_samples=n_quad_samples)
-    j_q, se_q = res_q.settings["J_DSM_model"], res_q.settings["J_DSM_model_se"]
+    quad = estimator_moments(q, model, sde, seed=seed + 1, n_samples=n_quad_samples)
+    j_q, se_q = quad["g2_is"]["mean"], quad["g2_is"]["mean_se"]
     st = dict(sde=type(sde).__name__, D=q.dim, n_samples=n_samples, var_uniform=var_u, var_is=var_i,
               variance_ratio=var_u / var_i, se_uniform=se_u, se_is=se_i, J_DSM_quadrature=j_q,
-              J_DSM_quadrature_se=se_q, n_quad_samples=n_quad_samples)
+              J_DSM_quadrature_se=se_q, n_quad_samples=n_quad_samples,
+              variance_ratio_quadrature=quad["g2"]["var"] / quad["g2_is"]["var"])
     return [
         engine.identity("is_same_mean", "Song+21", "E_U[t](g2 DSM) = E_p_IS(g2 DSM) = J_DSM(g^2)", mu, mi,
                         math.hypot(se_u, se_i), settings=st),
