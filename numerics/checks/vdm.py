@@ -37,8 +37,8 @@ from numerics.mixture import GaussianMixture
 from numerics.sde import SDE, LogSNRSDE
 from numerics.vdm import continuous_diffusion_loss, diffusion_loss
 
-__all__ = ["diffusion_losses", "check_vdm_monotone", "check_vdm_schedule_invariance", "check_vdm_song",
-           "check_vdm_perturbed", "gaussian_l_inf"]
+__all__ = ["diffusion_losses", "check_vdm_monotone", "check_vdm_schedule_invariance", "schedule_invariance",
+           "check_vdm_song", "check_vdm_perturbed", "gaussian_l_inf"]
 
 PAPER = "VDM"
 
@@ -147,7 +147,6 @@ def check_vdm_schedule_invariance(q: GaussianMixture, sde_a: LogSNRSDE, sde_b: L
     x0 = q.sample(k0, n_samples)
     la, _ = _l_inf_paths(sde_a, q.score_fn(sde_a), x0, k1)
     lb, _ = _l_inf_paths(sde_b, q.score_fn(sde_b), x0, k2)
-    a, b, se = engine.paired(la, lb)
     mc = {}
     for name, s in (("a", sde_a), ("b", sde_b)):
         t = s.t_min + (s.T - s.t_min) * jax.random.uniform(k3, (n_samples,), dtype=jnp.float64)
@@ -155,12 +154,19 @@ def check_vdm_schedule_invariance(q: GaussianMixture, sde_a: LogSNRSDE, sde_b: L
         # VDM's estimator (T − t_min)·½γ'(t)‖ε − ε̂‖², t ~ U[t_min, T]
         v = continuous_diffusion_loss(_NoisePrediction(q.score_fn(s), s), s, x0, t, eps)
         mc[name] = dict(mean=float(v.mean()), se=engine.mc_mean(v)[1], var=float(v.var()))
-    return engine.identity(
-        "vdm_Linf_schedule_invariance", PAPER, "Eq. 18: L_inf(gamma_a) = L_inf(gamma_b) for equal endpoints",
-        a, b, se, atol=1e-9,
-        settings=dict(gamma_a=repr(sde_a.gamma), gamma_b=repr(sde_b.gamma), log_snr_endpoints=ends,
-                      D=q.dim, K=q.n_components, n_samples=n_samples, vdm_uniform_t_estimator=mc),
-    )
+    return schedule_invariance(la, lb, settings=dict(
+        gamma_a=repr(sde_a.gamma), gamma_b=repr(sde_b.gamma), log_snr_endpoints=ends, D=q.dim, K=q.n_components,
+        n_samples=n_samples, vdm_uniform_t_estimator=mc))
+
+
+def schedule_invariance(l_a, l_b, *, settings=None) -> CheckResult:
+    """The record of VDM Eq. 18 (THEORY.md §4.4) from per-sample L_∞ of two schedules with equal endpoints
+    on common x₀: the identity of their means, paired SE (:func:`check_vdm_schedule_invariance`; figure 4
+    records it on the losses it has already computed)."""
+    a, b, se = engine.paired(l_a, l_b)
+    return engine.identity("vdm_Linf_schedule_invariance", PAPER,
+                           "Eq. 18: L_inf(gamma_a) = L_inf(gamma_b) for equal endpoints", a, b, se, atol=1e-9,
+                           settings=settings)
 
 
 def check_vdm_song(q: GaussianMixture, sde: LogSNRSDE, model, *, seed: int = 0, n_samples: int = 256) -> CheckResult:
