@@ -258,6 +258,20 @@ def test_vdm_checks(q, seed):
     _assert_mc(vdm.check_vdm_perturbed, q, lin, model, seed=seed, n_samples=n)
 
 
+def test_vdm_schedule_invariance_is_a_quadrature_identity():
+    """THEORY.md §8 item 19: on common (x₀, ε) paths two schedules with equal endpoints give the same L_∞
+    to 1e-8, far inside its Monte-Carlo SE; moving γ_max by 1e-3 (L_∞ grows by ~1e-5 nats, invisible to
+    a Monte-Carlo comparison; measured 5e-6, 49 × the tolerance) fails the check, with the sign of the
+    larger SNR range."""
+    q = cases.data_mixture()
+    lin = LogSNRSDE(LinearGamma())
+    same = vdm.check_vdm_schedule_invariance(q, lin, LogSNRSDE(CosineGamma()), n_samples=64)
+    assert same.holds and abs(same.gap) < 1e-8 and same.settings["max_abs_path_difference"] < 1e-8, same
+    assert same.settings["L_inf_mc_se"] > 1e6 * abs(same.gap), same
+    moved = vdm.check_vdm_schedule_invariance(q, lin, LogSNRSDE(CosineGamma(gamma_max=5.0 + 1e-3)), n_samples=64)
+    assert not moved.holds and -1e-3 < moved.gap < -10 * moved.settings["atol"], moved
+
+
 def test_vdm_song_identity():
     q = cases.data_mixture()
     lin = LogSNRSDE(LinearGamma())
