@@ -14,8 +14,24 @@ segfaulted in its next compile (docs/STACK_NOTES.md, pitfall 8).
 import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+
+# Compiling is most of the suite's time (thousands of small programs of random shapes). Two of its
+# costliest stages are cut here, before any JAX backend exists, for this process, its xdist workers and
+# the subprocesses the tests start (they inherit the environment; tests/subprocess_env.py): LLVM's
+# optimisation level (1 instead of 3) and XLA:CPU's MLIR fusion emitters (the classic emitters compile
+# the same HLO faster). Measured on the 2-core host, whole suite: 17 min 4 s → 12 min 35 s (level 0:
+# 12 min 6 s, but training-heavy tests run slower). Neither changes what is computed (no fast-math
+# either way), only the machine code, so results can differ from a default run in the last bits:
+# WORKBENCH_TEST_XLA_DEFAULTS=1 tests with XLA's own defaults. A flag already in XLA_FLAGS is kept.
+TEST_XLA_FLAGS = {"--xla_backend_optimization_level": "1", "--xla_cpu_use_fusion_emitters": "false"}
+if os.environ.get("WORKBENCH_TEST_XLA_DEFAULTS", "0") in ("", "0"):
+    _flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = " ".join([_flags] + [f"{k}={v}" for k, v in TEST_XLA_FLAGS.items()
+                                                  if k not in _flags]).strip()
 
 import jax
 import pytest
@@ -41,6 +57,35 @@ settings.register_profile(
 PROFILE = os.environ.get("WORKBENCH_HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(PROFILE)
 THOROUGH_TIMEOUT_FACTOR = 20  # 200 examples instead of 10: the per-test timeouts grow with them
+
+XLA_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """One XLA compilation cache per test run, shared by the xdist workers and the subprocesses the
+    tests start (they inherit the environment), so a program that several tests or processes compile
+    (a training step, a report's solve) is compiled once: compiling is most of the suite's time.
+
+    The run that creates the folder removes it at the end, so every run starts empty and tests
+    nothing cached by another version of the code; a folder already named by ``JAX_COMPILATION_CACHE_DIR``
+    is used and left as it is. Workers of xdist find the folder in the environment."""
+    if not os.environ.get(XLA_CACHE_ENV):
+        os.environ[XLA_CACHE_ENV] = tempfile.mkdtemp(prefix="workbench-xla-cache-")
+        config._workbench_xla_cache = os.environ[XLA_CACHE_ENV]
+    # cache every program, however quick to compile or small (JAX's defaults skip those under 1 s)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    jax.config.update("jax_compilation_cache_dir", os.environ[XLA_CACHE_ENV])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                      int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+
+
+def pytest_unconfigure(config):
+    owned = getattr(config, "_workbench_xla_cache", None)
+    if owned is not None:
+        shutil.rmtree(owned, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -27,13 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from subprocess_env import REPO, subprocess_env
 
 from training import evaluate as ev
 from training.__main__ import main
 from training.configs import config_to_dict, get_config
 from training.data import get_mixture
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MIX_OVERRIDES = ["model.width=32", "model.depth=1", "train.num_steps=300", "train.batch_size=128",
                  "train.progress=false", "train.ckpt_every=300", "train.log_every=100",
@@ -45,14 +45,6 @@ MIX_ARGS = ["--num-examples", str(N_MIX), "--batch-size", str(BS), "--bound-draw
             "--no-progress"]
 
 
-def _env(devices: int | None = None) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_PLATFORMS"] = "cpu"
-    env.pop("XLA_FLAGS", None)
-    if devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
 
 
 def _copy_run(src, dst) -> str:
@@ -145,11 +137,11 @@ def mix(tmp_path_factory):
     sharded_dir = _copy_run(workdir, root / "mix_2dev")
     script = root / "sharded.py"
     script.write_text(SHARDED_SCRIPT)
-    sharded = subprocess.Popen([sys.executable, str(script), sharded_dir] + MIX_ARGS, env=_env(devices=2), cwd=REPO,
+    sharded = subprocess.Popen([sys.executable, str(script), sharded_dir] + MIX_ARGS, env=subprocess_env(devices=2), cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed_dir = _copy_run(workdir, root / "killed")
     killed = subprocess.Popen([sys.executable, "-m", "training", "eval", "--workdir", killed_dir] + KILL_ARGS,
-                              env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=subprocess_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killer = _Killer(killed, os.path.join(killed_dir, KILL_FILE))
     killer.start()
     yield dict(workdir=workdir, root=root, sharded_dir=sharded_dir, sharded_proc=sharded, killed_dir=killed_dir,

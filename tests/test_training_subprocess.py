@@ -1,8 +1,8 @@
 """Tests of training/ that need fresh processes: the sharded step on 4 simulated CPU devices
 (XLA flags must be set before jax is imported) and kill-and-resume through the CLI.
 
-Subprocesses share a persistent XLA compilation cache in a temporary directory, so only the first
-one compiles.
+Subprocesses share the test run's persistent XLA compilation cache (tests/conftest.py), so only the
+first one compiles a program.
 """
 
 from __future__ import annotations
@@ -17,26 +17,8 @@ import time
 
 import jax
 import numpy as np
-import pytest
+from subprocess_env import REPO, subprocess_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _env(cache_dir, devices: int | None = None) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_PLATFORMS"] = "cpu"
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    if devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("xla_cache")
 
 
 SHARDED_SCRIPT = textwrap.dedent(
@@ -92,12 +74,12 @@ SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sharded_step_on_4_cpu_devices_matches_one_device(tmp_path, cache_dir):
+def test_sharded_step_on_4_cpu_devices_matches_one_device(tmp_path):
     """Two steps on a 4-device mesh give the loss, gradient norm and parameters of a 1-device mesh
     (same seeds), up to float32 summation order."""
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script)], env=_env(cache_dir, devices=4), capture_output=True,
+    proc = subprocess.run([sys.executable, str(script)], env=subprocess_env(devices=4), capture_output=True,
                           text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
@@ -131,7 +113,7 @@ def _wait_for_checkpoint(proc, workdir, beyond: int, timeout: float = 240.0) -> 
     raise AssertionError("no checkpoint appeared in time")
 
 
-def test_kill_and_resume_reproduces_uninterrupted_run(tmp_path, cache_dir):
+def test_kill_and_resume_reproduces_uninterrupted_run(tmp_path):
     """Run A: 1500 uninterrupted steps. Run B: SIGKILL right after its first checkpoint, resume,
     SIGTERM (saves at the current step and exits cleanly), resume to the end. The final parameters,
     EMA and optimiser state of A and B are bitwise equal (same seeds, CPU)."""
@@ -141,7 +123,7 @@ def test_kill_and_resume_reproduces_uninterrupted_run(tmp_path, cache_dir):
     overrides = ["model.width=32", "model.depth=1", "train.batch_size=64", "train.num_steps=1500",
                  "train.ckpt_every=100", "train.log_every=100", "train.keep=2", "train.progress=false"]
     cmd = [sys.executable, "-m", "training", "train", "--config", "mixture2d"]
-    env = _env(cache_dir)
+    env = subprocess_env()
     wa, wb = tmp_path / "a", tmp_path / "b"
     run_a = subprocess.Popen(cmd + ["--workdir", str(wa)] + overrides, env=env, cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -194,7 +176,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_processes_match_one_process_and_resume(tmp_path, cache_dir):
+def test_two_processes_match_one_process_and_resume(tmp_path):
     """Multi-host data parallelism for real, on CPU: two processes joined by
     ``jax.distributed.initialize`` (``distributed.*`` overrides; cross-process collectives by gloo),
     one device each, each reading its half of every global batch. Run B trains 10 steps, stops, and
@@ -207,7 +189,7 @@ def test_two_processes_match_one_process_and_resume(tmp_path, cache_dir):
     common = ["--config", "mixture2d", "model.width=32", "model.depth=1", "train.batch_size=16",
               "train.ckpt_every=10", "train.log_every=5", "train.progress=false"]
     cmd = [sys.executable, "-m", "training", "train"]
-    env = _env(cache_dir)
+    env = subprocess_env()
     wa, wb = tmp_path / "a", tmp_path / "b"
 
     def two_processes(steps, resume=False):
@@ -244,7 +226,7 @@ def test_two_processes_match_one_process_and_resume(tmp_path, cache_dir):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6, err_msg=tree)
 
 
-def test_sigterm_to_one_process_of_two_stops_both_at_the_same_checkpoint(tmp_path, cache_dir):
+def test_sigterm_to_one_process_of_two_stops_both_at_the_same_checkpoint(tmp_path):
     """A two-process run (as above) where only process 1 gets SIGTERM, as when a scheduler signals the
     hosts at different moments: the processes combine their flags (training.train._any_process), so
     both save the same step (orbax's save is collective) and exit cleanly. Deciding on its own flag,
@@ -255,7 +237,7 @@ def test_sigterm_to_one_process_of_two_stops_both_at_the_same_checkpoint(tmp_pat
     port = _free_port()
     procs = [subprocess.Popen(cmd + common + ["distributed.enabled=true", f"distributed.coordinator_address=localhost:{port}",
                                               "distributed.num_processes=2", f"distributed.process_id={i}"],
-                              env=_env(cache_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=subprocess_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     try:
         t0 = time.time()
