@@ -73,6 +73,10 @@ SHARDED_SCRIPT = textwrap.dedent(
 # the killed evaluation: ODE only, 12 batches of BS (the shapes the in-process runs compile anyway)
 KILL_BATCHES = 12
 KILL_ARGS = ["--metrics", "ode", "--num-examples", str(KILL_BATCHES * BS), "--batch-size", str(BS), "--no-progress"]
+# the default summary names of these evaluations (training.eval_run.summary_variant): the examples and
+# metrics that differ from the defaults are in the name, so they do not overwrite the default summary
+MIX_SUMMARY = f"eval_step300_continuous_n{N_MIX}.json"
+KILL_SUMMARY = f"eval_step300_continuous_n{KILL_BATCHES * BS}_ode.json"
 KILL_FILE = os.path.join("eval", f"step300-ema-seed0-bs{BS}-mixture-three_blobs_2d-n{KILL_BATCHES * BS}-ds0",
                          "ode-continuous-exact-tol1e-05-dev1.jsonl")
 
@@ -175,7 +179,7 @@ def mix_summary(mix):
     with contextlib.redirect_stdout(screen):
         rc = main(["eval", "--workdir", mix["workdir"]] + MIX_ARGS)
     assert rc == 0
-    with open(os.path.join(mix["workdir"], "eval_step300_continuous.json")) as f:
+    with open(os.path.join(mix["workdir"], MIX_SUMMARY)) as f:
         return dict(json.load(f), _screen=screen.getvalue())
 
 
@@ -245,7 +249,7 @@ def test_two_devices_shard_the_batch_and_reproduce_one_device(mix, mix_summary):
     assert proc.returncode == 0, err[-4000:]
     assert "NOT_DIVISIBLE_RC 2" in out
     assert "--batch-size 3 is not divisible by the 2 devices" in err and "--batch-size 2" in err
-    with open(os.path.join(mix["sharded_dir"], "eval_step300_continuous.json")) as f:
+    with open(os.path.join(mix["sharded_dir"], MIX_SUMMARY)) as f:
         s2 = json.load(f)
     assert s2["options"]["devices"] == 2
     for m in ("ode", "bound", "vlb"):
@@ -272,7 +276,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_numbers(mix, mix_summary, ca
     before = before[: before.rfind(b"\n") + 1]  # complete lines only
     k = before.count(b"\n") - 1
     assert 1 <= k < KILL_BATCHES, f"the killed run must have stopped midway (k={k})"
-    assert not os.path.exists(os.path.join(wk, "eval_step300_continuous.json"))
+    assert not os.path.exists(os.path.join(wk, KILL_SUMMARY))
     with open(path, "ab") as f:
         f.write(b'{"batch": ' + str(k).encode() + b', "start": ')  # a record cut short by the kill
 
@@ -288,9 +292,9 @@ def test_sigkill_and_resume_gives_the_uninterrupted_numbers(mix, mix_summary, ca
     wu = _copy_run(mix["workdir"], mix["root"] / "uninterrupted")
     assert main(["eval", "--workdir", wu] + KILL_ARGS) == 0
     assert "skipping" not in capsys.readouterr().out
-    with open(os.path.join(wk, "eval_step300_continuous.json")) as f:
+    with open(os.path.join(wk, KILL_SUMMARY)) as f:
         sk = json.load(f)
-    with open(os.path.join(wu, "eval_step300_continuous.json")) as f:
+    with open(os.path.join(wu, KILL_SUMMARY)) as f:
         su = json.load(f)
     np.testing.assert_array_equal(_per_example(sk, "ode"), _per_example(su, "ode"))
     np.testing.assert_array_equal(_per_example(sk, "ode", "nfe"), _per_example(su, "ode", "nfe"))
@@ -343,7 +347,7 @@ def test_stored_batches_are_reused_only_for_the_same_model_and_examples(mix, mix
     capsys.readouterr()
     assert main(["eval", "--workdir", wk] + MIX_ARGS) == 0
     assert f"ode: {n_batches - 1} of {n_batches} batches already done" in capsys.readouterr().out
-    with open(os.path.join(wk, "eval_step300_continuous.json")) as f:
+    with open(os.path.join(wk, MIX_SUMMARY)) as f:
         again = json.load(f)
     recomputed = _records(path)[-1]  # appended; the last record of a batch wins
     assert recomputed["batch"] == 2 and recomputed["data_sha"] == original["data_sha"]
@@ -431,7 +435,7 @@ def test_digits_vlb_with_discrete_decoder_and_bound_in_bits_per_dim(digits_workd
                  "--bound-draws", "2", "--vlb-draws", "2", "--vlb-data", "discrete", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "bits/dim" in out
-    with open(os.path.join(digits_workdir, "eval_step0_uniform.json")) as f:
+    with open(os.path.join(digits_workdir, "eval_step0_uniform_limit8_bound+vlb.json")) as f:
         s = json.load(f)
     assert s["data"]["name"] == "digits" and s["data"]["n"] == 8 and s["data"]["dims"] == 64
     r = s["results"]
@@ -535,10 +539,10 @@ def test_variational_dequantisation_adds_log_q_and_fails_clearly_without_a_dequa
     monkeypatch.setitem(sys.modules, "training.dequant", fake)
     monkeypatch.setattr(training, "dequant", fake, raising=False)
     assert main(common + ["--dequant", "variational"]) == 0
-    with open(os.path.join(digits_workdir, "eval_step0_variational.json")) as f:
+    with open(os.path.join(digits_workdir, "eval_step0_variational_limit8_bound+vlb.json")) as f:
         var_all = json.load(f)["results"]
     assert main(common) == 0
-    with open(os.path.join(digits_workdir, "eval_step0_uniform.json")) as f:
+    with open(os.path.join(digits_workdir, "eval_step0_uniform_limit8_bound+vlb.json")) as f:
         uni_all = json.load(f)["results"]
     for m in ("bound", "vlb"):  # the VLB of this DSM model is on the same dequantised data (--vlb-data auto)
         var, uni = var_all[m], uni_all[m]
@@ -553,7 +557,7 @@ def test_variational_dequantisation_adds_log_q_and_fails_clearly_without_a_dequa
     capsys.readouterr()
     assert main(common + ["--dequant", "variational"]) == 0
     assert "fitted to score checkpoint 5, not to step 0 evaluated here" in capsys.readouterr().out
-    with open(os.path.join(digits_workdir, "eval_step0_variational.json")) as f:
+    with open(os.path.join(digits_workdir, "eval_step0_variational_limit8_bound+vlb.json")) as f:
         assert json.load(f)["dequantizer"]["fitted_to_score_step"] == 5
     monkeypatch.setattr(fake, "damaged", True)
     assert main(common + ["--dequant", "variational"]) == 2
@@ -570,3 +574,27 @@ def test_variational_dequantisation_adds_log_q_and_fails_clearly_without_a_dequa
     assert main(common + ["--dequant", "variational"]) == 2
     err = capsys.readouterr().err
     assert "--dequant variational" in err and f"python -m training dequant --workdir {digits_workdir}" in err
+
+
+def test_default_summary_names_keep_other_examples_and_metrics_apart(tmp_path):
+    """A quick look (--limit), the other split, another seed or metric set, or another mixture test set
+    gets its own default summary file; estimator settings (tol, draws) do not change the name."""
+    from training import eval_run
+
+    base = dict(metrics=eval_run.METRICS, batch_size=128, n_probes=4, divergence="auto", tol=1e-5, bound_draws=16,
+                vlb_draws=16, vlb_t="is", vlb_data="auto", dequant="uniform", seed=0, limit=None,
+                num_examples=4096, data_seed=0, data_dir=None, split="test")
+
+    def name(kind, deq="uniform", ema=True, **kw):
+        opts = eval_run._Options(**dict(base, **kw))
+        return os.path.basename(eval_run.summary_path(str(tmp_path), 7, deq, ema, eval_run.summary_variant(opts, kind)))
+
+    assert name("image") == "eval_step7_uniform.json"
+    assert name("image", tol=1e-3, bound_draws=4, batch_size=8) == "eval_step7_uniform.json"
+    assert name("image", ema=False) == "eval_step7_uniform_raw.json"
+    assert name("image", split="train") == "eval_step7_uniform_train.json"
+    assert name("image", "variational", limit=100, seed=3, metrics=("vlb", "ode")) == \
+        "eval_step7_variational_limit100_seed3_ode+vlb.json"
+    assert name("continuous", "continuous") == "eval_step7_continuous.json"
+    assert name("continuous", "continuous", split="train") == "eval_step7_continuous.json"  # no split for mixtures
+    assert name("continuous", "continuous", num_examples=90, data_seed=2) == "eval_step7_continuous_n90_ds2.json"

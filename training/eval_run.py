@@ -71,7 +71,9 @@ naming what differs.
 
 **Output.** A summary JSON (schema ``training.eval_run/2``), by default ``DIR/eval_step<step>_<deq>.json``
 beside ``DIR/checkpoints`` (``<deq>``: ``uniform``, ``variational`` or ``continuous`` for
-mixtures; ``_raw`` appended with ``--no-ema``; ``--out FILE`` overrides), holding every number
+mixtures; ``_raw`` appended with ``--no-ema``, and the split, examples, seed or metrics when not the
+defaults, e.g. ``eval_step300_uniform_train_limit100.json``: :func:`summary_variant`; ``--out FILE``
+overrides), holding every number
 with its SE and unit, n, NFE, the options, the checkpoint step and the dequantisation each number
 used; and a short table on screen.
 """
@@ -103,10 +105,12 @@ __all__ = [
     "load_test_set",
     "evaluate_workdir",
     "summary_path",
+    "summary_variant",
     "vlb_data_mode",
 ]
 
 METRICS: tuple[str, ...] = ("ode", "bound", "vlb")
+DEFAULT_NUM_EXAMPLES = 4096  # mixture data: fresh test samples (--num-examples)
 VLB_DATA: tuple[str, ...] = ("auto", "discrete", "dequantized")
 SCHEMA = "training.eval_run/2"
 EXACT_MAX_DIM = 16  # training.evaluate.ode_nll's default: exact trace up to D = 16
@@ -148,13 +152,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dequantisation of 8-bit images for ode and bound (variational: python -m training dequant)")
     p.add_argument("--seed", type=int, default=0, help="seed of every Monte Carlo draw (per batch: fold_in(seed, batch))")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test examples")
-    p.add_argument("--num-examples", type=int, default=4096, help="mixture data: number of fresh test samples")
+    p.add_argument("--num-examples", type=int, default=DEFAULT_NUM_EXAMPLES, help="mixture data: number of fresh test samples")
     p.add_argument("--data-seed", type=int, default=0, help="mixture data: seed of the test samples")
     p.add_argument("--data-dir", default=None, help="CIFAR-10: the archive or folder (default: data.data_dir of config.json)")
     p.add_argument("--split", choices=("test", "train"), default="test",
                    help="split to evaluate: CIFAR-10's test or train set; digits: the 297 held-out or the 1500 "
                         "training images (mixtures: fresh samples, no split)")
-    p.add_argument("--out", default=None, help="summary JSON path (default DIR/eval_step<step>_<dequant>.json)")
+    p.add_argument("--out", default=None, help="summary JSON path (default DIR/eval_step<step>_<dequant>.json, with "
+                                               "the split, examples, seed or metrics appended when not the defaults)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
 
 
@@ -258,7 +263,7 @@ class TestSet:
         return int(self.examples.shape[0])
 
 
-def load_test_set(cfg, *, limit: int | None = None, num_examples: int = 4096, data_seed: int = 0,
+def load_test_set(cfg, *, limit: int | None = None, num_examples: int = DEFAULT_NUM_EXAMPLES, data_seed: int = 0,
                   data_dir: str | None = None, split: str = "test") -> TestSet:
     """The test examples of a training config (see the module docstring)."""
     import jax
@@ -688,9 +693,36 @@ def _collect(records: dict[int, dict], n_batches: int, key: str, sub: str | None
     return np.concatenate(parts)
 
 
-def summary_path(workdir: str, step: int, dequant_label: str, ema: bool = True) -> str:
-    """The default summary JSON: ``workdir/eval_step<step>_<dequant>[_raw].json``."""
-    return os.path.join(workdir, f"eval_step{step}_{dequant_label}{'' if ema else '_raw'}.json")
+def summary_path(workdir: str, step: int, dequant_label: str, ema: bool = True, variant: str = "") -> str:
+    """The default summary JSON: ``workdir/eval_step<step>_<dequant>[_raw][_<variant>].json``
+    (``variant``: :func:`summary_variant`)."""
+    return os.path.join(workdir, f"eval_step{step}_{dequant_label}{'' if ema else '_raw'}"
+                                 f"{'_' + variant if variant else ''}.json")
+
+
+def summary_variant(opts: _Options, kind: str) -> str:
+    """What sets an evaluation's summary apart from the default one, for its default file name, so that
+    evaluating other examples or other metrics (a quick ``--limit 100``, ``--split train``, ``--metrics
+    ode``) does not overwrite the summary of the full default evaluation: the split when not ``test``
+    (images), ``n<N>`` and ``ds<seed>`` when not the default mixture test set, ``limit<N>``,
+    ``seed<S>`` when not 0, and the metrics when not all of them ('' for the defaults). Estimator
+    settings (``--tol``, draws, probes, batch size) estimate the same numbers: a rerun with other settings
+    replaces the summary (each set of settings keeps its own batch files)."""
+    parts = []
+    if kind == "image" and opts.split != "test":
+        parts.append(opts.split)
+    if kind == "continuous":
+        if opts.num_examples != DEFAULT_NUM_EXAMPLES:
+            parts.append(f"n{opts.num_examples}")
+        if opts.data_seed != 0:
+            parts.append(f"ds{opts.data_seed}")
+    if opts.limit is not None:
+        parts.append(f"limit{opts.limit}")
+    if opts.seed != 0:
+        parts.append(f"seed{opts.seed}")
+    if set(opts.metrics) != set(METRICS):
+        parts.append("+".join(m for m in METRICS if m in opts.metrics))
+    return "_".join(parts)
 
 
 def format_table(summary: dict) -> str:
@@ -748,7 +780,7 @@ def evaluate_workdir(
     dequant: str = "uniform",
     seed: int = 0,
     limit: int | None = None,
-    num_examples: int = 4096,
+    num_examples: int = DEFAULT_NUM_EXAMPLES,
     data_seed: int = 0,
     data_dir: str | None = None,
     split: str = "test",
@@ -899,7 +931,8 @@ def evaluate_workdir(
         if deq is not None:
             summary["dequantizer"] = dict(label=deq_label, fitted_to_score_step=deq_step)
         summary["wall_time_s"] = round(time.time() - t_start, 3)
-        path = os.path.abspath(out) if out else summary_path(workdir, step, deq_label.split("-")[0], ema)
+        path = (os.path.abspath(out) if out
+                else summary_path(workdir, step, deq_label.split("-")[0], ema, summary_variant(opts, test.kind)))
         summary["summary_path"] = path
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         write_atomic(path, json.dumps(summary, indent=2, allow_nan=True))
