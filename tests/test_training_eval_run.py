@@ -341,14 +341,21 @@ def test_stored_batches_are_reused_only_for_the_same_model_and_examples(mix, mix
     original = json.loads(lines[3])
     assert original["batch"] == 2 and len(original["data_sha"]) == 16
     rec = dict(original, data_sha="0" * 16, nats=[1e6] * len(original["nats"]))
+    here = json.loads(lines[1])["computed_on"]
+    assert here.startswith("cpu (") and f"jax {jax.__version__}" in here
+    elsewhere = dict(json.loads(lines[1]), computed_on="tpu (TPU v4), jax 0.4.0")  # batch 0, resumed from elsewhere
     with open(path, "w") as f:
-        f.write("".join(lines[:3] + [json.dumps(rec) + "\n"] + lines[4:]))
+        f.write("".join(lines[:1] + [json.dumps(elsewhere) + "\n"] + lines[2:3] + [json.dumps(rec) + "\n"] + lines[4:]))
 
     capsys.readouterr()
     assert main(["eval", "--workdir", wk] + MIX_ARGS) == 0
-    assert f"ode: {n_batches - 1} of {n_batches} batches already done" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"ode: {n_batches - 1} of {n_batches} batches already done" in out
+    assert "ode's batches were computed on more than one platform or JAX version" in out and path in out, out
     with open(os.path.join(wk, MIX_SUMMARY)) as f:
         again = json.load(f)
+    assert again["results"]["ode"]["computed_on"] == sorted([here, "tpu (TPU v4), jax 0.4.0"])
+    assert again["results"]["bound"]["computed_on"] == [here]
     recomputed = _records(path)[-1]  # appended; the last record of a batch wins
     assert recomputed["batch"] == 2 and recomputed["data_sha"] == original["data_sha"]
     np.testing.assert_allclose(recomputed["nats"], original["nats"], rtol=1e-12, atol=1e-12)

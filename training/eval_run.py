@@ -67,7 +67,9 @@ the finished batches (and says so). Every random draw of batch b comes from
 an uninterrupted one. A batch is reused only for the same examples (each record holds a hash of its
 examples) and the same model (the file's header holds a fingerprint of the parameters evaluated): a file
 written for other settings, e.g. by a run retrained in the same directory, is refused with a message
-naming what differs.
+naming what differs. Each record names the platform, device kind and JAX version that computed it; the
+summary lists them per metric (``computed_on``) and the run says when a metric's batches come from more
+than one (a resume elsewhere agrees to the solver's tolerance, not bitwise).
 
 **Output.** A summary JSON (schema ``training.eval_run/2``), by default ``DIR/eval_step<step>_<deq>.json``
 beside ``DIR/checkpoints`` (``<deq>``: ``uniform``, ``variational`` or ``continuous`` for
@@ -631,7 +633,17 @@ def _to_list(a) -> list:
     return [float(v) for v in np.asarray(a, np.float64).reshape(-1)]
 
 
-def _record(b: int, start: int, stop: int, out: dict, seconds: float, n_dev: int, data_sha: str) -> dict:
+def _computed_on() -> str:
+    """Where this process computes: platform, device kind and JAX version (recorded with every batch: a run
+    resumed elsewhere agrees with the first to the solver's tolerance, not bitwise)."""
+    import jax
+
+    d = jax.devices()[0]
+    return f"{d.platform} ({d.device_kind}), jax {jax.__version__}"
+
+
+def _record(b: int, start: int, stop: int, out: dict, seconds: float, n_dev: int, data_sha: str,
+            computed_on: str) -> dict:
     n = stop - start
     rec: dict = dict(batch=b, start=start, stop=stop, data_sha=data_sha, nats=_to_list(out["nats"][:n]),
                      se=_to_list(out["se"][:n]))
@@ -641,7 +653,7 @@ def _record(b: int, start: int, stop: int, out: dict, seconds: float, n_dev: int
         rec["log_q"] = _to_list(out["log_q"][:n])
     if out.get("terms") is not None:
         rec["terms"] = {k: _to_list(v[:n]) for k, v in out["terms"].items()}
-    rec.update(seconds=round(seconds, 4), devices=n_dev)
+    rec.update(seconds=round(seconds, 4), devices=n_dev, computed_on=computed_on)
     return rec
 
 
@@ -895,6 +907,7 @@ def evaluate_workdir(
                         fix="wait for it to end (finished batches are kept, and a rerun with the same options "
                             "reuses them), or evaluate with other options (--seed, --batch-size)."):
         all_records: dict[str, dict[int, dict]] = {}
+        computed_on = _computed_on()
         for m in opts.metrics:
             path = os.path.join(eval_dir, file_names[m])
             header = dict(metric=m, checkpoint_step=step, model=model_sha, ema=ema, seed=opts.seed, batch_size=B,
@@ -919,7 +932,7 @@ def evaluate_workdir(
                 t0 = time.perf_counter()
                 result = compute[m](b)
                 start, stop, _ = ev.rows(b)
-                rec = _record(b, start, stop, result, time.perf_counter() - t0, n_dev, data_sha[b])
+                rec = _record(b, start, stop, result, time.perf_counter() - t0, n_dev, data_sha[b], computed_on)
                 bf.append(rec)
                 done[b] = rec
                 bar.update(1)
@@ -928,6 +941,11 @@ def evaluate_workdir(
 
         summary = _summarise(all_records, test, opts, ev, step, ema, workdir, cfg, sde, n_dev, deq_of,
                              {m: os.path.join(eval_dir, file_names[m]) for m in opts.metrics}, n_batches)
+        for m, r in summary["results"].items():
+            if len(r.get("computed_on", ())) > 1:
+                log(f"note: {m}'s batches were computed on more than one platform or JAX version "
+                    f"({'; '.join(r['computed_on'])}): they agree to the solver's tolerance, not bitwise; delete "
+                    f"{r['batch_file']} to recompute them all here.")
         if deq is not None:
             summary["dequantizer"] = dict(label=deq_label, fitted_to_score_step=deq_step)
         summary["wall_time_s"] = round(time.time() - t_start, 3)
@@ -958,7 +976,8 @@ def _summarise(records, test: TestSet, opts: _Options, ev: _Evaluator, step, ema
         if has_q:  # E_q[−log p(x) + log q(u|k)] (THEORY.md §2.9, variational dequantisation)
             nats = nats + _collect(recs, n_batches, "log_q")
         per_metric_nats[m] = nats
-        r: dict[str, Any] = dict(dequantization=deq_of[m], n=int(nats.shape[0]), batch_file=files[m])
+        r: dict[str, Any] = dict(dequantization=deq_of[m], n=int(nats.shape[0]), batch_file=files[m],
+                                 computed_on=sorted({rec.get("computed_on", "unrecorded") for rec in recs.values()}))
         if m == "ode":
             nfe = _collect(recs, n_batches, "nfe")
             r.update(description="−log p^ODE(x), probability-flow ODE (Song et al. 2021 §4.3)",
