@@ -305,9 +305,26 @@ def test_li_yan_density_formula(q, seed):
 
 
 def test_li_yan_ddpm_formula():
+    """THEORY.md §5.3 and §8 item 22, with the noise by Gauss–Hermite quadrature (no Monte-Carlo error):
+    the DDPM sum's error is first order in 1/K (it halves per doubling of K), large enough that the sum
+    alone would fail the 1e-4·D identity, and its Richardson value meets it; the Monte-Carlo form agrees
+    within its SE. A 1-D Gaussian reproduces THEORY's reference (error ~1e-3 at K = 1000)."""
     q = GaussianMixture.from_diagonal([0.2, 0.3, 0.5], [[-1.0, 0.0], [1.0, 0.5], [0.0, 1.0]],
                                       [[0.3, 0.2], [0.2, 0.4], [0.5, 0.5]])  # cases.data_mixture's shapes
-    _assert(li_yan2024.check_ddpm_formula(q, jnp.array([0.2, 0.1]), n_samples=max(64, N_REPORT // 4)))
+    x = jnp.array([0.2, 0.1])
+    r = li_yan2024.check_ddpm_formula(q, x)
+    _assert(r)
+    assert r.settings["noise"] == "quadrature" and r.stderr == 0.0
+    assert abs(r.settings["error_ratio_per_doubling"] - 0.5) < 0.01, r.settings
+    assert abs(r.settings["ddpm_sum_error"]) > 10 * r.settings["atol"], r.settings
+    _assert(li_yan2024.check_ddpm_formula(q, x, noise="monte_carlo", n_samples=max(64, N_REPORT // 4)))
+    g = GaussianMixture.from_diagonal([1.0], [[0.3]], [[0.25]])
+    rg = li_yan2024.check_ddpm_formula(g, jnp.array([1.1]))
+    _assert(rg)
+    assert 2e-4 < abs(rg.settings["ddpm_sum_error"]) < 3e-3, rg.settings
+    with pytest.raises(ValueError, match="noise='quadrature'.*D <= 2"):
+        li_yan2024.check_ddpm_formula(GaussianMixture.from_diagonal([1.0], [[0.0] * 3], [[1.0] * 3]), jnp.zeros(3),
+                                      noise="quadrature")
 
 
 @given(data_mixtures(), sdes(), st.integers(0, 2**20))
