@@ -376,10 +376,12 @@ class BatchFile:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         drop_partial_last_line(path)
         if not os.path.exists(path) or os.path.getsize(path) == 0:
+            self._stored: list[dict] = []
             self._append({"header": header})
             fsync_dir(os.path.dirname(path))
             return
-        stored = self._read()
+        # read once: the caller holds the evaluation's directory lock, so only this object appends from now on
+        self._stored = stored = self._read()
         old = stored[0].get("header") if stored else None
         if not isinstance(old, dict):
             raise EvalError(f"{path}: its first line is not the header of a batch file; {self.fix}")
@@ -403,9 +405,7 @@ class BatchFile:
             raise EvalError(str(e)) from e
 
     def records(self) -> dict[int, dict]:
-        if not os.path.exists(self.path):
-            return {}
-        return {int(rec["batch"]): rec for rec in self._read() if "batch" in rec}
+        return {int(rec["batch"]): rec for rec in self._stored if "batch" in rec}
 
     def _append(self, rec: dict) -> None:
         line = json.dumps(rec, allow_nan=True) + "\n"
@@ -413,6 +413,7 @@ class BatchFile:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+        self._stored.append(json.loads(line))  # as a reread would give it (JSON types)
 
     def append(self, rec: dict) -> None:
         self._append(rec)
