@@ -272,6 +272,20 @@ def test_vdm_schedule_invariance_is_a_quadrature_identity():
     assert not moved.holds and -1e-3 < moved.gap < -10 * moved.settings["atol"], moved
 
 
+def test_vdm_vp_ve_rescaling():
+    """THEORY.md §4.4 / §8 item 19: the VE process with the score_sde kernel and the VP process with the
+    same SNR(t) give the same L_∞ path by path (measured 1.4e-14); a VE whose σ_max differs by 0.1%
+    (another SNR_min) does not match the VP process built for the first."""
+    q = cases.data_mixture()
+    ve = VESDE(kernel="score_sde")
+    r = vdm.check_vdm_vp_ve_invariance(q, ve, n_samples=64)
+    _assert(r)
+    assert r.name == "vdm_Linf_vp_ve_rescaling" and r.settings["max_abs_path_difference"] < 1e-8, r
+    vp = LogSNRSDE(LinearGamma(*(-float(ve.log_snr(jnp.asarray(s))) for s in (ve.t_min, ve.T))))
+    _, L = vdm.common_path_losses(q, {"vp": vp, "ve": VESDE(sigma_max=50.05, kernel="score_sde")}, n_samples=64)
+    assert not vdm.schedule_invariance(L["vp"], L["ve"]).holds
+
+
 def test_vdm_song_identity():
     q = cases.data_mixture()
     lin = LogSNRSDE(LinearGamma())

@@ -98,6 +98,7 @@ def run_all(n_samples: int = 1024, seed: int = 0, log=print):
     nv = max(64, n_samples // 4)
     add("VDM L_T monotone", lambda: vdm.check_vdm_monotone(q, lin, T_list=(1, 4, 16, 64), seed=seed, n_samples=nv))
     add("VDM schedule invariance", lambda: vdm.check_vdm_schedule_invariance(q, lin, cos, seed=seed, n_samples=nv))
+    add("VDM VP = VE rescaling", lambda: vdm.check_vdm_vp_ve_invariance(q, VESDE(kernel="score_sde"), seed=seed, n_samples=nv))
     pl = random_perturbation(q.score_fn(lin), lin, q.dim, seed + 7, 0.3)
     add("VDM perturbed >= exact", lambda: vdm.check_vdm_perturbed(q, lin, pl, seed=seed, n_samples=nv))
     add("VDM = Song DSM", lambda: vdm.check_vdm_song(q, lin, pl, seed=seed, n_samples=nv))

@@ -35,11 +35,11 @@ import numpy as np
 from numerics.checks import engine
 from numerics.checks.engine import CheckResult
 from numerics.mixture import GaussianMixture
-from numerics.sde import SDE, LogSNRSDE
+from numerics.sde import SDE, LinearGamma, LogSNRSDE
 from numerics.vdm import continuous_diffusion_loss, diffusion_loss
 
 __all__ = ["diffusion_losses", "check_vdm_monotone", "check_vdm_schedule_invariance", "schedule_invariance",
-           "common_path_losses",
+           "common_path_losses", "check_vdm_vp_ve_invariance",
            "check_vdm_song", "check_vdm_perturbed", "gaussian_l_inf"]
 
 PAPER = "VDM"
@@ -69,7 +69,7 @@ def _snr_form_integrand(args, z, t, x0, eps, alpha, sigma):
     return jnp.sum(jnp.square(x0 - x_hat))
 
 
-def _l_inf_paths(sde: LogSNRSDE, model, x0, key, n_panels=8, order=16, *, common_noise: bool = False):
+def _l_inf_paths(sde: SDE, model, x0, key, n_panels=8, order=16, *, common_noise: bool = False):
     """Per-path L_∞ = Σ_j w_j/(T − t_min) · continuous_diffusion_loss(t_j) on Gauss–Legendre nodes t_j in t
     on [t_min, T], and (t, w, ε). Independent ε per node (ε of shape (N, nodes, D)), or with
     ``common_noise`` one ε per path at every node (N, D): each path's value is then the t-integral of one
@@ -185,7 +185,25 @@ def check_vdm_schedule_invariance(q: GaussianMixture, sde_a: LogSNRSDE, sde_b: L
         n_samples=n_samples, vdm_uniform_t_estimator=mc))
 
 
-def schedule_invariance(l_a, l_b, *, settings=None) -> CheckResult:
+def check_vdm_vp_ve_invariance(q: GaussianMixture, ve: SDE, *, seed: int = 0, n_samples: int = 512) -> CheckResult:
+    """THEORY.md §4.4 and §8 item 19 (second part): L_∞ is unchanged under the rescaling between a VP and
+    a VE process with the same SNR function, z^VE = z^VP/α (the exact denoiser of each in its own
+    coordinates). ``ve`` against the VP process (LogSNRSDE) whose γ is linear through ve's
+    γ = −log SNR at its t_min and T, on the same (x₀, ε) paths (:func:`common_path_losses`), to
+    1e-8·max(1, |L_∞|). ``ve``'s γ must be linear in t, as for ``VESDE(kernel="score_sde")``
+    (γ = 2 log σ_min + 2t log(σ_max/σ_min)), so that the quadrature in t resolves both (the exact VE
+    kernel's γ ≈ log t near t_min is not resolved by Gauss–Legendre nodes in t)."""
+    g_lo, g_hi = (-float(ve.log_snr(jnp.asarray(float(s)))) for s in (ve.t_min, ve.T))
+    vp = LogSNRSDE(LinearGamma(g_lo, g_hi))
+    _, L = common_path_losses(q, {"vp": vp, "ve": ve}, seed=seed, n_samples=n_samples)
+    return schedule_invariance(L["vp"], L["ve"], name="vdm_Linf_vp_ve_rescaling",
+                               equation="Sec. 4.4: L_inf(VP) = L_inf(VE) for the same SNR(t)",
+                               settings=dict(ve=repr(ve), vp_gamma=repr(vp.gamma), D=q.dim, K=q.n_components,
+                                             n_samples=n_samples))
+
+
+def schedule_invariance(l_a, l_b, *, settings=None, name: str = "vdm_Linf_schedule_invariance",
+                        equation: str = "Eq. 18: L_inf(gamma_a) = L_inf(gamma_b) for equal endpoints") -> CheckResult:
     """The record of VDM Eq. 18 (THEORY.md §4.4) from per-path L_∞ of two schedules on the same paths
     (:func:`common_path_losses`): the identity of their means to 1e-8·max(1, |L_∞|), paired SE; the largest
     per-path difference and the Monte-Carlo SE of L_∞ itself are recorded (:func:`check_vdm_schedule_invariance`;
@@ -196,9 +214,7 @@ def schedule_invariance(l_a, l_b, *, settings=None) -> CheckResult:
     s.update(max_abs_path_difference=float(np.max(np.abs(l_a - l_b))), L_inf_mc_se=engine.mc_mean(l_a)[1],
              quadrature=f"{INVARIANCE_QUADRATURE[0]} panels x {INVARIANCE_QUADRATURE[1]} Gauss-Legendre nodes in t, "
                         "common (x0, eps) per path")
-    return engine.identity("vdm_Linf_schedule_invariance", PAPER,
-                           "Eq. 18: L_inf(gamma_a) = L_inf(gamma_b) for equal endpoints", a, b, se,
-                           atol=1e-8 * max(1.0, abs(a)), settings=s)
+    return engine.identity(name, PAPER, equation, a, b, se, atol=1e-8 * max(1.0, abs(a)), settings=s)
 
 
 def check_vdm_song(q: GaussianMixture, sde: LogSNRSDE, model, *, seed: int = 0, n_samples: int = 256) -> CheckResult:
