@@ -146,7 +146,7 @@ linear, cosine and figure 4's monotone-network schedules then agree to 4e-14 per
 
 
 def common_path_losses(q: GaussianMixture, sdes: dict, *, seed: int = 0, n_samples: int = 512) -> tuple:
-    """Per-path L_∞ (VDM Eq. 17, exact denoiser) under each schedule of ``sdes`` (name → LogSNRSDE), all on
+    """Per-path L_∞ (VDM Eq. 17, exact denoiser) under each process of ``sdes`` (name → SDE), all on
     the same paths: x₀ ~ q_0 and one ε per path, z_t = α_t x₀ + σ_t ε at every node (``common_noise``).
     Each value is then a t-quadrature of one smooth function (:data:`INVARIANCE_QUADRATURE`), whose change of
     variables to v = SNR(t) is VDM Eq. 18's: for equal endpoints the values agree path by path, to the
