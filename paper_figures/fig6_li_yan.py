@@ -30,7 +30,7 @@ CAPTION = (
     "of a time integral of the exact scores; its Monte-Carlo estimate (DSM and score-matching forms, ±3 SE) converges to the "
     "exact log-density of a 2-D mixture at three points as the number of paths N grows, with SE ∝ N^(−1/2). "
     "The DDPM discretisation of the same formula (THEORY.md §5.3, β_k scaled as 1000/K), with its expectations over the "
-    "noise taken by Gauss–Hermite quadrature (no Monte-Carlo error), has a bias that falls exactly like 1/K "
+    "noise taken by Gauss–Hermite quadrature (no Monte-Carlo error), has a bias that falls like 1/K (first order) "
     "({ddpm_err_1000} nats at K = 1000, ratio {ddpm_ratio} per doubling), and its Richardson extrapolation "
     "2 S_2K − S_K equals the exact log-density to {ddpm_richardson_1000} nats."
 )

@@ -28,10 +28,25 @@ from pathlib import Path
 # either way), only the machine code, so results can differ from a default run in the last bits:
 # WORKBENCH_TEST_XLA_DEFAULTS=1 tests with XLA's own defaults. A flag already in XLA_FLAGS is kept.
 TEST_XLA_FLAGS = {"--xla_backend_optimization_level": "1", "--xla_cpu_use_fusion_emitters": "false"}
-if os.environ.get("WORKBENCH_TEST_XLA_DEFAULTS", "0") in ("", "0"):
+
+
+def _xla_accepts(flags: str) -> bool:
+    """Whether this jaxlib's XLA knows ``flags`` (it aborts the process on an unknown one, silently under
+    pytest's capture): tried once in a short subprocess by the process that sets them."""
+    import subprocess
+
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    probe = subprocess.run([sys.executable, "-c", "import jax.numpy as j; j.zeros(1).block_until_ready()"],
+                           env=env, capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
+if (os.environ.get("WORKBENCH_TEST_XLA_DEFAULTS", "0").strip().lower() in ("", "0", "false", "no", "off")
+        and "PYTEST_XDIST_WORKER" not in os.environ):  # workers inherit the controller's choice
     _flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = " ".join([_flags] + [f"{k}={v}" for k, v in TEST_XLA_FLAGS.items()
-                                                  if k not in _flags]).strip()
+    _with = " ".join([_flags] + [f"{k}={v}" for k, v in TEST_XLA_FLAGS.items() if k not in _flags]).strip()
+    if _with != _flags and _xla_accepts(_with):
+        os.environ["XLA_FLAGS"] = _with
 
 import jax
 import pytest

@@ -342,7 +342,7 @@ def test_stored_batches_are_reused_only_for_the_same_model_and_examples(mix, mix
     assert original["batch"] == 2 and len(original["data_sha"]) == 16
     rec = dict(original, data_sha="0" * 16, nats=[1e6] * len(original["nats"]))
     here = json.loads(lines[1])["computed_on"]
-    assert here.startswith("cpu (") and f"jax {jax.__version__}" in here
+    assert here.startswith(f"{jax.devices()[0].platform} (") and f"jax {jax.__version__}" in here
     elsewhere = dict(json.loads(lines[1]), computed_on="tpu (TPU v4), jax 0.4.0")  # batch 0, resumed from elsewhere
     with open(path, "w") as f:
         f.write("".join(lines[:1] + [json.dumps(elsewhere) + "\n"] + lines[2:3] + [json.dumps(rec) + "\n"] + lines[4:]))
@@ -442,7 +442,7 @@ def test_digits_vlb_with_discrete_decoder_and_bound_in_bits_per_dim(digits_workd
                  "--bound-draws", "2", "--vlb-draws", "2", "--vlb-data", "discrete", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "bits/dim" in out
-    with open(os.path.join(digits_workdir, "eval_step0_uniform_limit8_bound+vlb.json")) as f:
+    with open(os.path.join(digits_workdir, "eval_step0_uniform_limit8_bound+vlb_vlb-discrete.json")) as f:
         s = json.load(f)
     assert s["data"]["name"] == "digits" and s["data"]["n"] == 8 and s["data"]["dims"] == 64
     r = s["results"]
@@ -605,3 +605,5 @@ def test_default_summary_names_keep_other_examples_and_metrics_apart(tmp_path):
     assert name("continuous", "continuous") == "eval_step7_continuous.json"
     assert name("continuous", "continuous", split="train") == "eval_step7_continuous.json"  # no split for mixtures
     assert name("continuous", "continuous", num_examples=90, data_seed=2) == "eval_step7_continuous_n90_ds2.json"
+    assert name("image", vlb_data="discrete") == "eval_step7_uniform_vlb-discrete.json"
+    assert name("image", vlb_data="discrete", metrics=("ode",)) == "eval_step7_uniform_ode.json"

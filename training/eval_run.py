@@ -718,7 +718,8 @@ def summary_variant(opts: _Options, kind: str) -> str:
     evaluating other examples or other metrics (a quick ``--limit 100``, ``--split train``, ``--metrics
     ode``) does not overwrite the summary of the full default evaluation: the split when not ``test``
     (images), ``n<N>`` and ``ds<seed>`` when not the default mixture test set, ``limit<N>``,
-    ``seed<S>`` when not 0, and the metrics when not all of them ('' for the defaults). Estimator
+    ``seed<S>`` when not 0, the metrics when not all of them, and ``vlb-<mode>`` for a ``--vlb-data`` other
+    than auto, which changes what the VLB is ('' for the defaults). Estimator
     settings (``--tol``, draws, probes, batch size) estimate the same numbers: a rerun with other settings
     replaces the summary (each set of settings keeps its own batch files)."""
     parts = []
@@ -735,6 +736,8 @@ def summary_variant(opts: _Options, kind: str) -> str:
         parts.append(f"seed{opts.seed}")
     if set(opts.metrics) != set(METRICS):
         parts.append("+".join(m for m in METRICS if m in opts.metrics))
+    if opts.vlb_data != "auto" and "vlb" in opts.metrics:  # another quantity: the discrete or Gaussian decoder
+        parts.append(f"vlb-{opts.vlb_data}")
     return "_".join(parts)
 
 
@@ -943,10 +946,11 @@ def evaluate_workdir(
         summary = _summarise(all_records, test, opts, ev, step, ema, workdir, cfg, sde, n_dev, deq_of,
                              {m: os.path.join(eval_dir, file_names[m]) for m in opts.metrics}, n_batches)
         for m, r in summary["results"].items():
-            if len(r.get("computed_on", ())) > 1:
+            known = [c for c in r.get("computed_on", ()) if c != "unrecorded"]  # files older than the record
+            if len(known) > 1:
                 log(f"note: {m}'s batches were computed on more than one platform or JAX version "
-                    f"({'; '.join(r['computed_on'])}): they agree to the solver's tolerance, not bitwise; delete "
-                    f"{r['batch_file']} to recompute them all here.")
+                    f"({'; '.join(known)}): they agree to rounding and the solver's tolerance, not bitwise; "
+                    f"delete {r['batch_file']} to recompute them all here.")
         if deq is not None:
             summary["dequantizer"] = dict(label=deq_label, fitted_to_score_step=deq_step)
         summary["wall_time_s"] = round(time.time() - t_start, 3)
