@@ -281,7 +281,7 @@ def test_vdm_vp_ve_rescaling():
     r = vdm.check_vdm_vp_ve_invariance(q, ve, n_samples=64)
     _assert(r)
     assert r.name == "vdm_Linf_vp_ve_rescaling" and r.settings["max_abs_path_difference"] < 1e-8, r
-    vp = LogSNRSDE(LinearGamma(*(-float(ve.log_snr(jnp.asarray(s))) for s in (ve.t_min, ve.T))))
+    vp = vdm.vp_with_snr_of(ve)
     _, L = vdm.common_path_losses(q, {"vp": vp, "ve": VESDE(sigma_max=50.05, kernel="score_sde")}, n_samples=64)
     assert not vdm.schedule_invariance(L["vp"], L["ve"]).holds
 

@@ -40,7 +40,7 @@ from numerics.sde import SDE, LinearGamma, LogSNRSDE
 from numerics.vdm import continuous_diffusion_loss, diffusion_loss
 
 __all__ = ["diffusion_losses", "check_vdm_monotone", "check_vdm_schedule_invariance", "schedule_invariance",
-           "common_path_losses", "check_vdm_vp_ve_invariance",
+           "common_path_losses", "check_vdm_vp_ve_invariance", "vp_with_snr_of",
            "check_vdm_song", "check_vdm_perturbed", "gaussian_l_inf"]
 
 PAPER = "VDM"
@@ -186,14 +186,9 @@ def check_vdm_schedule_invariance(q: GaussianMixture, sde_a: LogSNRSDE, sde_b: L
         n_samples=n_samples, vdm_uniform_t_estimator=mc))
 
 
-def check_vdm_vp_ve_invariance(q: GaussianMixture, ve: SDE, *, seed: int = 0, n_samples: int = 512) -> CheckResult:
-    """THEORY.md §4.4 and §8 item 19 (second part): L_∞ is unchanged under the rescaling between a VP and
-    a VE process with the same SNR function, z^VE = z^VP/α (the exact denoiser of each in its own
-    coordinates). ``ve`` against the VP process (LogSNRSDE, same t_min and T) with ve's SNR(t) at every t,
-    on the same (x₀, ε) paths (:func:`common_path_losses`), to
-    1e-8·max(1, |L_∞|). ``ve``'s γ must be linear in t, as for ``VESDE(kernel="score_sde")``
-    (γ = 2 log σ_min + 2t log(σ_max/σ_min)), so that the quadrature in t resolves both (the exact VE
-    kernel's γ ≈ log t near t_min is not resolved by Gauss–Legendre nodes in t)."""
+def vp_with_snr_of(ve: SDE) -> LogSNRSDE:
+    """The VP process (LogSNRSDE, same t_min and T) with ``ve``'s SNR(t) at every t, for a ``ve`` whose
+    γ = −log SNR is linear in t (ValueError otherwise): :func:`check_vdm_vp_ve_invariance`."""
     gamma = lambda s: -float(ve.log_snr(jnp.asarray(float(s))))  # noqa: E731
     t0, t1 = float(ve.t_min), float(ve.T)
     mid = gamma(0.5 * (t0 + t1))
@@ -202,6 +197,18 @@ def check_vdm_vp_ve_invariance(q: GaussianMixture, ve: SDE, *, seed: int = 0, n_
                          "resolves the two processes only then: use VESDE(kernel='score_sde').")
     # the VP process with the same SNR(t) at every t of [t_min, T]: γ linear through ve's γ(0) and γ(T)
     vp = LogSNRSDE(LinearGamma(gamma(0.0), gamma(0.0) + (gamma(t1) - gamma(0.0)) / t1), t_min=t0, T=t1)
+    return vp
+
+
+def check_vdm_vp_ve_invariance(q: GaussianMixture, ve: SDE, *, seed: int = 0, n_samples: int = 512) -> CheckResult:
+    """THEORY.md §4.4 and §8 item 19 (second part): L_∞ is unchanged under the rescaling between a VP and
+    a VE process with the same SNR function, z^VE = z^VP/α (the exact denoiser of each in its own
+    coordinates). ``ve`` against the VP process (LogSNRSDE, same t_min and T) with ve's SNR(t) at every t,
+    on the same (x₀, ε) paths (:func:`common_path_losses`), to
+    1e-8·max(1, |L_∞|). ``ve``'s γ must be linear in t, as for ``VESDE(kernel="score_sde")``
+    (γ = 2 log σ_min + 2t log(σ_max/σ_min)), so that the quadrature in t resolves both (the exact VE
+    kernel's γ ≈ log t near t_min is not resolved by Gauss–Legendre nodes in t)."""
+    vp = vp_with_snr_of(ve)
     _, L = common_path_losses(q, {"vp": vp, "ve": ve}, seed=seed, n_samples=n_samples)
     return schedule_invariance(L["vp"], L["ve"], name="vdm_Linf_vp_ve_rescaling",
                                equation="Sec. 4.4: L_inf(VP) = L_inf(VE) for the same SNR(t)",
